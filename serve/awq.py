@@ -1,0 +1,231 @@
+"""Loading Qwen2.5-Omni-7B-AWQ's 4-bit decoder layers and running them on PyTorch's int4 kernels.
+
+Why not the usual stacks:
+- transformers 5.x hands ``quant_method: awq`` to gptqmodel, which needs torch >= 2.14 (the CPU
+  test stack pins 2.13), installs from source with its CUDA extensions, and converts every Linear
+  not listed in ``modules_to_not_convert`` -- the published config lists only ``visual``, so the
+  fp16 audio tower would be turned into empty 4-bit layers.
+- AutoAWQ (the model authors' stack with transformers 4.52) is archived and pinned to old
+  transformers internals.
+
+AutoAWQ's GEMM format is simple and fixed (int32-packed nibbles in a known interleaving, group-wise
+fp16 scales and packed zero points), and PyTorch ships tuned int4 group-quantised matmuls
+(``_weight_int4pack_mm``: the "tinygemm" kernel on CUDA Ampere and newer, and a CPU kernel). The
+conversion below is exact: ``w = (q - z) * s`` becomes tinygemm's ``w = (q - 8) * s + (8 - z) * s``.
+
+Which modules are 4-bit is not guessed from names: exactly the Linear layers of the thinker's text
+decoder are converted (that is what AutoAWQ quantises for Qwen2.5-Omni), and the load fails loudly if
+the checkpoint does not provide their packed tensors or carries packed tensors anywhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+)
+from transformers.quantizers.base import HfQuantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+log = logging.getLogger(__name__)
+
+QUANT_METHOD = "qwen_omni_awq_gemm"
+PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales")
+
+# Position of natural column j among the 8 nibbles of an AutoAWQ GEMM int32 (inverse of the
+# packing order 0, 2, 4, 6, 1, 3, 5, 7).
+_AWQ_UNPACK_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+_NIBBLE_SHIFTS = tuple(range(0, 32, 4))
+
+
+class AwqCheckpointError(ValueError):
+    """The checkpoint's quantisation is not the AWQ GEMM layout this loader supports."""
+
+
+def unpack_awq(packed: torch.Tensor) -> torch.Tensor:
+    """AutoAWQ GEMM int32 [rows, cols/8] -> int4 values as int32 [rows, cols], natural column order."""
+    shifts = torch.tensor(_NIBBLE_SHIFTS, dtype=torch.int32, device=packed.device)
+    nibbles = (packed.unsqueeze(-1) >> shifts) & 0xF
+    nibbles = nibbles[..., list(_AWQ_UNPACK_ORDER)]
+    return nibbles.reshape(packed.shape[0], -1)
+
+
+def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The float weight [out, in] that AutoAWQ's GEMM tensors encode: (q - z) * s."""
+    q = unpack_awq(qweight)
+    z = unpack_awq(qzeros).repeat_interleave(group_size, dim=0)
+    s = scales.float().repeat_interleave(group_size, dim=0)
+    return ((q - z).float() * s).t()
+
+
+def _inner_k_tiles(in_features: int) -> int:
+    for tiles in (8, 4, 2):
+        if in_features % (tiles * 16) == 0:
+            return tiles
+    raise AwqCheckpointError(f"in_features={in_features} is not a multiple of 32; tinygemm cannot pack it")
+
+
+def _cuda_has_tinygemm(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+class AwqGemmLinear(nn.Module):
+    """A Linear layer stored in AutoAWQ's GEMM format (4-bit, group-wise scales and zero points).
+
+    It is created empty, filled by the checkpoint loader (``qweight``, ``qzeros``, ``scales``, ``bias``),
+    then :meth:`prepare` repacks it once for the device it lives on:
+    - CPU, or CUDA with compute capability >= 8.0: PyTorch's int4 group-quantised matmul;
+    - other devices: dequantise on the fly (slow, but correct, and still 4-bit in memory).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int) -> None:
+        super().__init__()
+        if in_features % group_size or out_features % 8:
+            raise AwqCheckpointError(
+                f"a {in_features}x{out_features} Linear cannot hold AWQ group size {group_size}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        groups = in_features // group_size
+        self.register_buffer("qweight", torch.zeros(in_features, out_features // 8, dtype=torch.int32))
+        self.register_buffer("qzeros", torch.zeros(groups, out_features // 8, dtype=torch.int32))
+        self.register_buffer("scales", torch.zeros(groups, out_features, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.kernel: str | None = None
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits=4, "
+                f"group_size={self.group_size}, kernel={self.kernel}")
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """Convert the loaded AWQ tensors into the layout of the kernel this device runs."""
+        device = self.qweight.device
+        if device.type == "cpu" or _cuda_has_tinygemm(device):
+            q = unpack_awq(self.qweight).t().contiguous()  # [out, in]
+            z = unpack_awq(self.qzeros)  # [groups, out]
+            compute_dtype = torch.bfloat16 if device.type == "cuda" else self.scales.dtype
+            if compute_dtype == torch.float16 and device.type == "cpu":
+                compute_dtype = torch.float32  # fp16 matmuls on CPU are slow and lossy
+            s = self.scales.to(torch.float32)
+            scales_and_zeros = torch.stack([s, (8 - z).to(torch.float32) * s], dim=-1).to(compute_dtype)
+            tiles = _inner_k_tiles(self.in_features)
+            if device.type == "cuda":
+                packed_pairs = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
+                packed = torch.ops.aten._convert_weight_to_int4pack(packed_pairs, tiles)
+                self.kernel = "tinygemm-cuda"
+            else:
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), tiles)
+                self.kernel = "int4pack-cpu"
+            self.register_buffer("int4_weight", packed, persistent=False)
+            self.register_buffer("int4_scales_and_zeros", scales_and_zeros.contiguous(), persistent=False)
+            # The AWQ tensors are no longer needed: free them (the point of 4-bit is the memory).
+            for name in ("qweight", "qzeros", "scales"):
+                self.register_buffer(name, None)
+        else:
+            self.kernel = "dequantize"
+            log.warning("no int4 kernel for %s: AWQ layers will be dequantised on every call (slow)", device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is None:
+            raise RuntimeError("AwqGemmLinear.prepare() was not called after loading the weights")
+        shape = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        if self.kernel == "dequantize":
+            weight = dequantize_awq(self.qweight, self.qzeros, self.scales, self.group_size).to(x.dtype)
+            out = flat @ weight.t()
+        else:
+            compute_dtype = self.int4_scales_and_zeros.dtype
+            matmul = (torch.ops.aten._weight_int4pack_mm if self.kernel == "tinygemm-cuda"
+                      else torch.ops.aten._weight_int4pack_mm_for_cpu)
+            out = matmul(flat.to(compute_dtype).contiguous(), self.int4_weight, self.group_size,
+                         self.int4_scales_and_zeros).to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*shape, self.out_features)
+
+
+class OmniAwqConfig(QuantizationConfigMixin):
+    """transformers quantization config for a pre-quantised AutoAWQ GEMM checkpoint (4 bit, zero point)."""
+
+    def __init__(self, group_size: int = 128, bits: int = 4, **_: Any) -> None:
+        self.quant_method = QUANT_METHOD
+        self.group_size = group_size
+        self.bits = bits
+
+    @staticmethod
+    def from_checkpoint(quantization_config: dict[str, Any]) -> dict[str, Any]:
+        """Validate the ``quantization_config`` of a published AWQ checkpoint; return this loader's config
+        (as the dict ``from_pretrained`` expects to find on the model config)."""
+        def get(key: str, default: Any = None) -> Any:
+            return quantization_config.get(key, default)
+
+        method = str(get("quant_method", "")).lower()
+        if method != "awq":
+            raise AwqCheckpointError(f"unsupported quant_method {method!r}: only AWQ checkpoints are supported")
+        version = str(get("version", "gemm")).lower()
+        if version != "gemm":
+            raise AwqCheckpointError(f"unsupported AWQ version {version!r}: only the GEMM layout is supported")
+        bits = int(get("bits", get("w_bit", 4)))
+        if bits != 4:
+            raise AwqCheckpointError(f"unsupported AWQ bit width {bits}: only 4-bit is supported")
+        if not get("zero_point", True):
+            raise AwqCheckpointError("AWQ without zero points is not supported")
+        group_size = int(get("group_size", get("q_group_size", 128)))
+        return {"quant_method": QUANT_METHOD, "bits": bits, "group_size": group_size}
+
+
+class OmniAwqQuantizer(HfQuantizer):
+    """Swaps the thinker's decoder Linears for :class:`AwqGemmLinear` before transformers loads the weights."""
+
+    requires_calibration = True
+
+    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
+        decoder_layers = model.get_decoder().layers
+        converted = 0
+        for layer in decoder_layers:
+            for name, module in list(layer.named_modules()):
+                if isinstance(module, nn.Linear):
+                    layer.set_submodule(name, AwqGemmLinear(module.in_features, module.out_features,
+                                                            module.bias is not None,
+                                                            self.quantization_config.group_size))
+                    converted += 1
+        if not converted:
+            raise AwqCheckpointError("found no decoder Linear layers to load as AWQ")
+        self.converted_modules = converted
+
+    def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
+        for module in model.modules():
+            if isinstance(module, AwqGemmLinear):
+                module.prepare()
+
+    def is_serializable(self) -> bool:
+        return False
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+
+def register() -> None:
+    """Make ``OmniAwqConfig`` loadable by ``from_pretrained`` (idempotent)."""
+    AUTO_QUANTIZATION_CONFIG_MAPPING.setdefault(QUANT_METHOD, OmniAwqConfig)
+    AUTO_QUANTIZER_MAPPING.setdefault(QUANT_METHOD, OmniAwqQuantizer)
+
+
+def check_loading_info(loading_info: dict[str, Any]) -> None:
+    """Fail if any 4-bit tensor was not loaded, or if the checkpoint packs modules we keep in float."""
+    missing = [k for k in loading_info.get("missing_keys", ()) if k.endswith(PACKED_SUFFIXES)]
+    if missing:
+        raise AwqCheckpointError(f"the checkpoint lacks AWQ tensors for {len(missing)} decoder weights, "
+                                 f"e.g. {sorted(missing)[:3]}")
+    stray = [k for k in loading_info.get("unexpected_keys", ()) if k.endswith(PACKED_SUFFIXES)]
+    if stray:
+        raise AwqCheckpointError(f"the checkpoint quantises modules outside the thinker's decoder layers, "
+                                 f"e.g. {sorted(stray)[:3]}; this layout is not supported")

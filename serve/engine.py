@@ -1,0 +1,261 @@
+"""The Qwen2.5-Omni thinker as a speech recogniser: load (bf16/fp16 or AWQ), build inputs, generate, decode.
+
+Only the thinker is loaded from the full Omni checkpoint: the talker and token2wav (speech output)
+are never allocated. Inputs are built from the tokenizer and the Whisper feature extractor, so neither
+torchvision nor qwen-omni-utils is needed. This module knows nothing about HTTP, jobs or files other
+than the checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GenerationConfig,
+    Qwen2_5OmniThinkerForConditionalGeneration,
+    WhisperFeatureExtractor,
+)
+
+from . import awq
+from .audio import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+# The model authors' ASR recipe (Qwen2.5-Omni cookbook "universal audio understanding").
+SYSTEM_PROMPT = "You are a speech recognition model."
+DEFAULT_INSTRUCTION = "Transcribe the audio into text."
+AUDIO_TOKEN = "<|AUDIO|>"
+END_OF_TURN_TOKEN = "<|im_end|>"
+END_OF_TEXT_TOKEN = "<|endoftext|>"
+
+
+class EngineLoadError(Exception):
+    """The checkpoint cannot be loaded as a Qwen2.5-Omni thinker."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 8192
+    temperature: float = 0.1  # 0 = greedy
+    repetition_penalty: float = 1.1
+
+
+def audio_token_count(mel_frames: int) -> int:
+    """Tokens the audio encoder emits for ``mel_frames`` (its two stride-2 stages, as the processor computes)."""
+    after_conv = (mel_frames - 1) // 2 + 1
+    return (after_conv - 2) // 2 + 1
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineLoadError(f"device {setting!r} requested but CUDA is not available")
+    return device
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it (and the int4 kernels need it), fp16 on older GPUs, fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def pick_attention(flash_attn2: bool, device: torch.device, dtype: torch.dtype) -> str:
+    if not flash_attn2:
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is None:
+        log.warning("--flash-attn2 requested but flash-attn is not installed: using SDPA attention")
+        return "sdpa"
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        log.warning("--flash-attn2 needs a CUDA device and fp16/bf16: using SDPA attention")
+        return "sdpa"
+    return "flash_attention_2"
+
+
+def _quantization_dict(config: Any) -> dict[str, Any] | None:
+    value = getattr(config, "quantization_config", None)
+    if value is None:
+        return None
+    return value if isinstance(value, dict) else value.to_dict()
+
+
+def _load_chat_template(checkpoint: Path, tokenizer: Any) -> str:
+    """The processor's chat template (chat_template.json), else the tokenizer's."""
+    path = checkpoint / "chat_template.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["chat_template"]
+    if tokenizer.chat_template:
+        return tokenizer.chat_template
+    raise EngineLoadError("the checkpoint has no chat template (chat_template.json or tokenizer_config.json)")
+
+
+class QwenOmniEngine:
+    """Transcribes 16 kHz mono audio with the Qwen2.5-Omni thinker. One instance owns the model."""
+
+    def __init__(self, model: Any, tokenizer: Any, feature_extractor: WhisperFeatureExtractor,
+                 chat_template: str, *, checkpoint: Path, quantized: bool, load_seconds: float) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.checkpoint = checkpoint
+        self.quantized = quantized
+        self.load_seconds = load_seconds
+        self._lock = threading.Lock()
+        ids = tokenizer.convert_tokens_to_ids([AUDIO_TOKEN, END_OF_TURN_TOKEN, END_OF_TEXT_TOKEN])
+        if None in ids or tokenizer.unk_token_id in ids:
+            raise EngineLoadError("the tokenizer lacks Qwen2.5-Omni's special tokens")
+        audio_id, end_of_turn_id, end_of_text_id = ids
+        if audio_id != model.config.audio_token_id:
+            raise EngineLoadError(f"tokenizer's {AUDIO_TOKEN} id {audio_id} differs from the model config's "
+                                  f"{model.config.audio_token_id}")
+        # The published generation_config.json names no end token for the thinker: without these,
+        # every segment would run to max_new_tokens (QwenLM/Qwen2.5-Omni#371).
+        self._stop_ids = [end_of_turn_id, end_of_text_id]
+        self._pad_id = end_of_text_id
+        self._max_positions = model.config.text_config.max_position_embeddings
+        self._prompt = self._render_prompt(chat_template, DEFAULT_INSTRUCTION)
+
+    @classmethod
+    def load(cls, checkpoint: Path, *, device: str = "auto", flash_attn2: bool = False) -> QwenOmniEngine:
+        """Load the thinker of a full Qwen2.5-Omni checkpoint (or a thinker-only one) from a local folder."""
+        started = time.monotonic()
+        checkpoint = Path(checkpoint)
+        torch_device = pick_device(device)
+        dtype = pick_dtype(torch_device)
+        try:
+            config = AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise EngineLoadError(f"cannot read {checkpoint / 'config.json'}: {exc}") from exc
+        if config.model_type == "qwen2_5_omni":
+            thinker_config = config.thinker_config
+        elif config.model_type == "qwen2_5_omni_thinker":
+            thinker_config = config
+        else:
+            raise EngineLoadError(f"not a Qwen2.5-Omni checkpoint (model_type {config.model_type!r})")
+        quantization = _quantization_dict(config) or _quantization_dict(thinker_config)
+        if quantization:
+            awq.register()
+            try:
+                thinker_config.quantization_config = awq.OmniAwqConfig.from_checkpoint(quantization)
+            except awq.AwqCheckpointError as exc:
+                raise EngineLoadError(str(exc)) from exc
+        attention = pick_attention(flash_attn2, torch_device, dtype)
+        try:
+            model, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+                checkpoint,
+                config=thinker_config,
+                dtype=dtype,
+                device_map={"": torch_device},
+                attn_implementation=attention,
+                local_files_only=True,
+                output_loading_info=True,
+            )
+        except (OSError, ValueError, RuntimeError, awq.AwqCheckpointError) as exc:
+            raise EngineLoadError(f"loading the thinker failed: {exc}") from exc
+        if quantization:
+            try:
+                awq.check_loading_info(info)
+            except awq.AwqCheckpointError as exc:
+                raise EngineLoadError(str(exc)) from exc
+        missing = sorted(info.get("missing_keys", ()))
+        if missing:
+            raise EngineLoadError(f"the checkpoint lacks {len(missing)} thinker weights, e.g. {missing[:3]}")
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(checkpoint, local_files_only=True)
+        engine = cls(model, tokenizer, feature_extractor, _load_chat_template(checkpoint, tokenizer),
+                     checkpoint=checkpoint, quantized=bool(quantization),
+                     load_seconds=time.monotonic() - started)
+        log.info("loaded %s (%s, %s, %s attention%s) in %.1f s", checkpoint, torch_device, str(dtype).split(".")[-1],
+                 attention, ", AWQ 4-bit decoder" if quantization else "", engine.load_seconds)
+        return engine
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _render_prompt(self, chat_template: str, instruction: str) -> str:
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "audio"}]},
+        ]
+        prompt = self.tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
+                                                    add_generation_prompt=True)
+        if prompt.count(AUDIO_TOKEN) != 1:
+            raise EngineLoadError("the chat template does not render exactly one audio placeholder")
+        return prompt
+
+    def _features(self, samples: np.ndarray) -> torch.Tensor:
+        """Log-mel features [1, mels, frames], equal to what the model authors' processor feeds the model.
+
+        The processor pads every clip with zeros to 300 s and masks the padding; computing only the clip
+        plus half an FFT window of zeros gives the same frames (the last one included) at a fraction of
+        the cost.
+        """
+        extractor = self.feature_extractor
+        frames = -(-len(samples) // extractor.hop_length)  # the processor's feature_attention_mask length
+        padded = np.pad(samples, (0, extractor.n_fft // 2))
+        features = extractor([padded], sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="pt")
+        return features["input_features"][:, :, :frames]
+
+    def _inputs(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        features = self._features(samples)
+        mel_frames = features.shape[-1]
+        prompt = self._prompt.replace(AUDIO_TOKEN, AUDIO_TOKEN * audio_token_count(mel_frames))
+        tokens = self.tokenizer([prompt], return_tensors="pt")
+        device = self.device
+        return {
+            "input_ids": tokens["input_ids"].to(device),
+            "attention_mask": tokens["attention_mask"].to(device),
+            "input_features": features.to(device, self.model.dtype),
+            "feature_attention_mask": torch.ones(1, mel_frames, dtype=torch.long, device=device),
+        }
+
+    def _generation_config(self, options: GenerationOptions, prompt_tokens: int) -> GenerationConfig:
+        room = self._max_positions - prompt_tokens
+        if room < 1:
+            raise ValueError("the audio segment is too long for the model's context")
+        settings: dict[str, Any] = {
+            "max_new_tokens": min(options.max_new_tokens, room),
+            "repetition_penalty": options.repetition_penalty,
+            "eos_token_id": self._stop_ids,
+            "pad_token_id": self._pad_id,
+        }
+        if options.temperature > 0:
+            settings.update(do_sample=True, temperature=options.temperature, top_k=0, top_p=1.0)
+        else:
+            settings.update(do_sample=False)
+        return GenerationConfig(**settings)
+
+    def transcribe(self, samples: np.ndarray, options: GenerationOptions) -> str:
+        """The raw transcript of one segment of 16 kHz mono float32 audio."""
+        inputs = self._inputs(np.asarray(samples, dtype=np.float32))
+        prompt_tokens = inputs["input_ids"].shape[1]
+        generation_config = self._generation_config(options, prompt_tokens)
+        with self._lock, torch.inference_mode():
+            output = self.model.generate(**inputs, generation_config=generation_config)
+        return self.tokenizer.decode(output[0, prompt_tokens:], skip_special_tokens=True)
+
+    def close(self) -> None:
+        """Drop every reference to the model so that its memory can be freed."""
+        with self._lock:
+            self.model = None
+            self.tokenizer = None
+            self.feature_extractor = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

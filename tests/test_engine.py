@@ -1,0 +1,177 @@
+"""The thinker engine on tiny checkpoints: thinker-only loading, the ASR prompt, generation settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperFeatureExtractor
+
+from serve.engine import (
+    DEFAULT_INSTRUCTION,
+    SYSTEM_PROMPT,
+    EngineLoadError,
+    GenerationOptions,
+    QwenOmniEngine,
+    audio_token_count,
+    pick_attention,
+)
+from tests.conftest import sine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
+    engine = QwenOmniEngine.load(tiny_checkpoint, device="cpu")
+    yield engine
+    engine.close()
+
+
+def test_only_the_thinker_is_loaded(engine: QwenOmniEngine) -> None:
+    assert type(engine.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    names = [n for n, _ in engine.model.named_parameters()]
+    assert not any(n.startswith(("talker", "token2wav")) for n in names)
+    assert engine.model.dtype == torch.float32 and engine.device.type == "cpu"
+    assert not engine.quantized
+
+
+def test_full_omni_checkpoint_loads_completely(tiny_checkpoint: Path) -> None:
+    """The tiny checkpoint has the published layout: the full Omni class finds every weight it needs in it."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    import build_tiny_checkpoints as builder
+
+    model = Qwen2_5OmniForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
+    assert {"Chelsie", "Ethan"} <= set(model.speaker_map)
+    loaded = {builder.published_key(k): v for k, v in model.state_dict().items() if v.numel()}
+    stored = {}
+    for shard in tiny_checkpoint.glob("model-*.safetensors"):
+        stored.update(load_file(str(shard)))
+    assert set(loaded) == set(stored)
+    for key in ("thinker.model.layers.0.self_attn.q_proj.bias", "thinker.audio_tower.layers.0.fc1.weight",
+                "talker.model.norm.weight", "token2wav.code2wav_bigvgan_model.conv_post.weight"):
+        assert torch.equal(loaded[key], stored[key])
+
+
+def test_prompt_follows_the_asr_recipe(engine: QwenOmniEngine) -> None:
+    prompt = engine._prompt
+    assert prompt.startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n")
+    assert f"{DEFAULT_INSTRUCTION}<|audio_bos|><|AUDIO|><|audio_eos|><|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.5, 1.0, 7.3, 30.0])
+def test_audio_placeholders_match_the_encoder_output(engine: QwenOmniEngine, seconds: float) -> None:
+    inputs = engine._inputs(sine(seconds))
+    frames = int(inputs["feature_attention_mask"].sum())
+    # No padding to 300 s: features are as long as the audio.
+    assert inputs["input_features"].shape[-1] == frames == round(seconds * 100)
+    audio_id = engine.model.config.audio_token_id
+    assert int((inputs["input_ids"] == audio_id).sum()) == audio_token_count(frames)
+    with torch.inference_mode():
+        features = engine.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+    assert features.last_hidden_state.shape[0] == audio_token_count(frames)
+
+
+def test_audio_token_count_matches_transformers() -> None:
+    from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import _get_feat_extract_output_lengths
+
+    for frames in range(3, 3000, 37):
+        assert audio_token_count(frames) == int(_get_feat_extract_output_lengths(torch.tensor(frames)))
+
+
+@pytest.mark.parametrize("samples", [48000, 48001, 48159, 16000 * 11 + 7])
+def test_features_equal_the_processors_padded_features(engine: QwenOmniEngine, tiny_checkpoint: Path,
+                                                       samples: int) -> None:
+    """Same frames as the authors' processor (300 s of zero padding, masked), without computing the padding."""
+    rng = np.random.default_rng(samples)
+    audio = (sine(samples / 16000, 523.0) + 0.05 * rng.standard_normal(samples)).astype(np.float32)[:samples]
+    extractor = WhisperFeatureExtractor.from_pretrained(tiny_checkpoint)
+    padded = extractor([audio], sampling_rate=16000, return_attention_mask=True, padding="max_length",
+                       return_tensors="pt")
+    frames = int(padded["attention_mask"].sum())
+    inputs = engine._inputs(audio)
+    assert inputs["input_features"].shape[-1] == frames
+    assert torch.allclose(inputs["input_features"][0], padded["input_features"][0, :, :frames], atol=1e-4)
+
+
+def test_greedy_decoding_is_deterministic(engine: QwenOmniEngine) -> None:
+    options = GenerationOptions(max_new_tokens=6, temperature=0.0, repetition_penalty=1.0)
+    audio = sine(2.0)
+    assert engine.transcribe(audio, options) == engine.transcribe(audio, options)
+
+
+def test_max_new_tokens_reaches_the_thinker_beyond_1024(engine: QwenOmniEngine) -> None:
+    """The full Omni model's generate caps the thinker at 1024 tokens; the engine must not."""
+    inputs = engine._inputs(sine(0.5))
+    config = engine._generation_config(GenerationOptions(max_new_tokens=1100, temperature=0.0), 10)
+    assert config.max_new_tokens == 1100
+    with torch.inference_mode():
+        out = engine.model.generate(**inputs, generation_config=config)
+    # Random weights never emit an end token, so the budget is spent exactly.
+    assert out.shape[1] - inputs["input_ids"].shape[1] == 1100
+
+
+def test_generation_stops_on_the_end_tokens(engine: QwenOmniEngine) -> None:
+    tok = engine.tokenizer
+    config = engine._generation_config(GenerationOptions(), 100)
+    assert set(config.eos_token_id) == {tok.convert_tokens_to_ids("<|im_end|>"),
+                                        tok.convert_tokens_to_ids("<|endoftext|>")}
+    assert config.pad_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
+    greedy = engine._generation_config(GenerationOptions(temperature=0.0), 100)
+    assert greedy.do_sample is False
+    sampled = engine._generation_config(GenerationOptions(temperature=0.7, repetition_penalty=1.3), 100)
+    assert sampled.do_sample is True and sampled.temperature == 0.7 and sampled.repetition_penalty == 1.3
+    # The budget never runs past the context window.
+    assert engine._generation_config(GenerationOptions(max_new_tokens=32768), 30000).max_new_tokens == 2768
+
+
+def test_sampling_with_temperature_varies(engine: QwenOmniEngine) -> None:
+    options = GenerationOptions(max_new_tokens=12, temperature=1.5, repetition_penalty=1.0)
+    outputs = {engine.transcribe(sine(1.0), options) for _ in range(4)}
+    assert len(outputs) > 1
+
+
+def test_flash_attention_falls_back_to_sdpa(caplog: pytest.LogCaptureFixture) -> None:
+    assert pick_attention(False, torch.device("cpu"), torch.float32) == "sdpa"
+    assert pick_attention(True, torch.device("cpu"), torch.float32) == "sdpa"
+    assert "SDPA" in caplog.text
+
+
+def test_close_drops_the_model(tiny_checkpoint: Path) -> None:
+    import weakref
+
+    engine = QwenOmniEngine.load(tiny_checkpoint, device="cpu")
+    ref = weakref.ref(engine.model)
+    engine.close()
+    assert engine.model is None and ref() is None
+
+
+@pytest.mark.parametrize("breakage", ["not json", "wrong model type", "missing weights", "no template"])
+def test_broken_checkpoints_fail_with_a_reason(tiny_checkpoint: Path, tmp_path: Path, breakage: str) -> None:
+    broken = shutil.copytree(tiny_checkpoint, tmp_path / "broken")
+    config_path = broken / "config.json"
+    if breakage == "not json":
+        config_path.write_text("{not json")
+    elif breakage == "wrong model type":
+        config_path.write_text(json.dumps({"model_type": "llama"}))
+    elif breakage == "missing weights":
+        for shard in broken.glob("model-*.safetensors"):
+            shard.unlink()
+    else:
+        (broken / "chat_template.json").unlink()
+        cfg = json.loads((broken / "tokenizer_config.json").read_text())
+        cfg.pop("chat_template")
+        (broken / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(EngineLoadError) as exc:
+        QwenOmniEngine.load(broken, device="cpu")
+    assert str(exc.value)
+
+
+def test_silence_is_transcribed_without_errors(engine: QwenOmniEngine) -> None:
+    text = engine.transcribe(np.zeros(16000, dtype=np.float32), GenerationOptions(max_new_tokens=4))
+    assert isinstance(text, str)
