@@ -1,0 +1,31 @@
+"""Saved transcripts under outputs/, with names that never collide."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+
+class OutputStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def save(self, content: str, extension: str) -> str:
+        """Write ``content`` to a new file; return its name (relative to the outputs folder).
+
+        The guide's names are timestamps (20251011020000.txt); a random suffix keeps two requests in the
+        same second apart, and exclusive creation makes an overwrite impossible even then.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        while True:
+            name = f"{stamp}_{uuid.uuid4().hex[:8]}.{extension}"
+            try:
+                fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(content)
+            return name

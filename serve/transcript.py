@@ -1,0 +1,26 @@
+"""The result of a transcription: text pieces with the true times of the audio they cover."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .text import join_pieces
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What the model heard in one segment, and where that segment lies in the input (seconds)."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    pieces: tuple[Piece, ...] = field(default_factory=tuple)
+    duration: float = 0.0  # seconds of audio decoded
+
+    @property
+    def text(self) -> str:
+        return join_pieces([p.text for p in self.pieces])

@@ -1,0 +1,176 @@
+"""ModelManager: lazy load, reference counting, idle unload never mid-use, load failure and recovery.
+
+The loader here is a test double (``FakeModel``); the app and end-to-end tests run the real engine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from serve.model_manager import ModelManager, ModelState, ModelUnavailable
+
+
+class FakeModel:
+    """Test double for an engine: records whether it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def make(idle_timeout: float, fail_times: int = 0, load_seconds: float = 0.0):  # type: ignore[no-untyped-def]
+    calls = {"loads": 0, "failures": fail_times}
+
+    def loader() -> FakeModel:
+        time.sleep(load_seconds)
+        if calls["failures"]:
+            calls["failures"] -= 1
+            raise RuntimeError("CUDA out of memory (simulated)")
+        calls["loads"] += 1
+        return FakeModel()
+
+    manager = ModelManager(loader, unloader=FakeModel.close, idle_timeout=idle_timeout)
+    return manager, calls
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_loads_lazily_on_first_use() -> None:
+    manager, calls = make(idle_timeout=-1)
+    assert manager.state is ModelState.UNLOADED and calls["loads"] == 0
+    with manager.use() as model:
+        assert isinstance(model, FakeModel) and manager.loaded and manager.users == 1
+    with manager.use() as again:
+        assert again is model
+    assert calls["loads"] == 1 and manager.users == 0
+
+
+def test_idle_timer_unloads_after_the_last_user() -> None:
+    manager, _ = make(idle_timeout=0.2)
+    with manager.use() as model:
+        pass
+    assert manager.loaded
+    assert wait_for(lambda: not manager.loaded)
+    assert model.closed and manager.unload_count == 1
+
+
+def test_never_unloaded_while_in_use() -> None:
+    manager, calls = make(idle_timeout=0.05)
+    with manager.use() as model:
+        time.sleep(0.4)  # far longer than the idle timeout
+        assert manager.loaded and not model.closed
+        with manager.use():
+            pass  # a second, nested user finishing must not unload under the first
+        time.sleep(0.2)
+        assert manager.loaded and not model.closed
+    assert wait_for(lambda: not manager.loaded)
+    assert calls["loads"] == 1
+
+
+def test_use_during_countdown_cancels_the_unload() -> None:
+    manager, calls = make(idle_timeout=0.3)
+    with manager.use():
+        pass
+    time.sleep(0.15)
+    with manager.use():
+        time.sleep(0.3)
+        assert manager.loaded
+    assert calls["loads"] == 1
+
+
+def test_zero_timeout_unloads_right_after_each_use() -> None:
+    manager, calls = make(idle_timeout=0)
+    for _ in range(3):
+        with manager.use():
+            assert manager.loaded
+        assert not manager.loaded
+    assert calls["loads"] == 3 and manager.unload_count == 3
+
+
+def test_negative_timeout_never_unloads() -> None:
+    manager, _ = make(idle_timeout=-1)
+    with manager.use():
+        pass
+    time.sleep(0.2)
+    assert manager.loaded
+
+
+def test_reload_after_unload() -> None:
+    manager, calls = make(idle_timeout=0.05)
+    with manager.use() as first:
+        pass
+    assert wait_for(lambda: not manager.loaded)
+    with manager.use() as second:
+        assert second is not first and not second.closed
+    assert calls["loads"] == 2
+
+
+def test_load_failure_is_reported_then_retried() -> None:
+    manager, calls = make(idle_timeout=-1, fail_times=1)
+    with pytest.raises(ModelUnavailable, match="out of memory"), manager.use():
+        pass
+    assert manager.users == 0 and manager.state is ModelState.UNLOADED
+    assert "out of memory" in (manager.last_error or "")
+    with manager.use():
+        assert manager.loaded
+    assert calls["loads"] == 1 and manager.last_error is None
+
+
+def test_concurrent_first_users_share_one_load() -> None:
+    manager, calls = make(idle_timeout=-1, load_seconds=0.2)
+    seen = []
+
+    def user() -> None:
+        with manager.use() as model:
+            seen.append(model)
+
+    threads = [threading.Thread(target=user) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls["loads"] == 1 and len({id(m) for m in seen}) == 1 and manager.users == 0
+
+
+def test_state_is_loading_during_a_slow_load() -> None:
+    manager, _ = make(idle_timeout=-1, load_seconds=0.3)
+    thread = threading.Thread(target=manager.preload)
+    thread.start()
+    assert wait_for(lambda: manager.state is ModelState.LOADING, 1.0)
+    thread.join()
+    assert manager.state is ModelState.LOADED
+
+
+def test_unload_refuses_while_in_use_and_close_refuses_new_users() -> None:
+    manager, _ = make(idle_timeout=-1)
+    with manager.use():
+        assert manager.unload() is False
+    manager.close()
+    assert not manager.loaded
+    with pytest.raises(ModelUnavailable), manager.use():
+        pass
+
+
+def test_unload_frees_the_model_object() -> None:
+    import gc
+    import weakref
+
+    manager, _ = make(idle_timeout=-1)
+    with manager.use() as model:
+        ref = weakref.ref(model)
+    del model
+    assert manager.unload()
+    gc.collect()
+    assert ref() is None
