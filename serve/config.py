@@ -1,0 +1,140 @@
+"""Every setting of the server: command-line flags, environment variables, defaults, validation.
+
+Precedence: command-line flag > environment variable (``QWEN_OMNI_<NAME>``) > default. The flag names
+and defaults of the reference guide (``--checkpoint-path``, ``--idle-timeout`` ...) are the public
+contract; everything else is an addition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+APP_DIR = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "QWEN_OMNI_"
+DEFAULT_CHECKPOINT = "Qwen/Qwen2.5-Omni-7B-AWQ"
+
+# The Whisper feature extractor of Qwen2.5-Omni truncates input at 300 s; keep segments clear of it.
+MAX_SEGMENT_SECONDS = 290.0
+MIN_SEGMENT_SECONDS = 1.0
+MAX_NEW_TOKENS_LIMIT = 32768  # the thinker's max_position_embeddings
+MAX_TEMPERATURE = 2.0
+MAX_REPETITION_PENALTY = 2.0
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: str | int) -> int:
+    """'4G', '512M', '1048576' -> bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BKMGT]?)(?:I?B)?\s*", str(value).upper())
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 4G, 512M or a number of bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+class Settings(BaseSettings):
+    """The server's configuration, one typed object."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # Model
+    checkpoint_path: str = Field(DEFAULT_CHECKPOINT, description="hub id or local directory of the checkpoint")
+    local_model: bool = Field(False, description="resolve the checkpoint under the local models folder, never "
+                                                 "touch the network")
+    flash_attn2: bool = Field(False, description="use FlashAttention 2 when installed (else SDPA)")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cuda', 'cuda:N' or 'cpu'")
+    idle_timeout: float = Field(300.0, description="seconds idle before the model is unloaded; 0 = right after "
+                                                   "each request, negative = never")
+    preload: bool = Field(False, description="load the model at start instead of on the first request")
+
+    # Transcription defaults (each can be overridden per request)
+    segment_duration: float = Field(60.0, gt=0, description="seconds of audio per model call")
+    max_new_tokens: int = Field(8192, ge=1, le=MAX_NEW_TOKENS_LIMIT, description="token budget per segment")
+    temperature: float = Field(0.1, ge=0, le=MAX_TEMPERATURE, description="sampling temperature; 0 = greedy")
+    repetition_penalty: float = Field(1.1, gt=0, le=MAX_REPETITION_PENALTY, description="repetition penalty")
+    opencc_config: Literal["s2t", "s2tw", "s2twp", "s2hk"] = Field(
+        "s2t", description="OpenCC conversion used when enable_s2t is set")
+
+    # HTTP
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
+    port: int = Field(5000, ge=1, le=65535, description="port to listen on")
+    max_upload_size: int = Field(4 * 1024**3, gt=0, description="largest accepted request body, e.g. 4G, 512M")
+    cors_origins: str = Field("*", description="origins allowed to call the API from a browser (comma-separated; "
+                                               "empty disables CORS)")
+
+    # Folders (the guide's layout under the app directory)
+    models_dir: Path = Field(APP_DIR / "Qwen", description="where --local-model looks for checkpoints")
+    inputs_dir: Path = Field(APP_DIR / "inputs", description="uploads while they are processed")
+    temp_dir: Path = Field(APP_DIR / "temp", description="per-request scratch files")
+    outputs_dir: Path = Field(APP_DIR / "outputs", description="saved transcripts")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log verbosity")
+
+    @field_validator("segment_duration")
+    @classmethod
+    def _segment_within_cap(cls, value: float) -> float:
+        if not MIN_SEGMENT_SECONDS <= value <= MAX_SEGMENT_SECONDS:
+            raise ValueError(f"must be between {MIN_SEGMENT_SECONDS:g} and {MAX_SEGMENT_SECONDS:g} seconds")
+        return value
+
+    @field_validator("max_upload_size", mode="before")
+    @classmethod
+    def _parse_size(cls, value: str | int) -> int:
+        return parse_size(value)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return str(value).upper()
+
+
+_BOOL_FLAGS = ("local_model", "flash_attn2", "preload")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwen2_5_omni_awq.py",
+        description="Qwen2.5-Omni transcription server (Flask). Upload audio, get text, JSON or SRT.",
+        epilog=f"Every flag can also be set by an environment variable {ENV_PREFIX}<FLAG NAME> "
+               f"(e.g. {ENV_PREFIX}IDLE_TIMEOUT=600, {ENV_PREFIX}FLASH_ATTN2=true). "
+               "Flags win over the environment.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{field.description} [env {env}]"
+        if name in _BOOL_FLAGS:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
+                                help=f"{help_text} (default: {field.default})")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Settings from the command line over the environment; exits with a usage error on bad values."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    try:
+        return Settings(**args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}" for err in exc.errors()
+        )
+        parser.error(problems)
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,106 @@
+"""Errors the API reports, how domain failures map onto them, and the JSON shape of every error.
+
+Every error leaves as ``{"status": "error", "error": <message>, "code": <code>}`` (plus ``param`` for a bad
+parameter) with the matching HTTP status. No traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .audio import UndecodableAudio
+from .jobs import JobFailure
+from .model_manager import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidParameter(APIError):
+    status = 400
+    code = "invalid_parameter"
+
+
+class MissingFile(APIError):
+    status = 400
+    code = "missing_file"
+
+
+class EmptyFile(APIError):
+    status = 400
+    code = "empty_file"
+
+
+class UnsupportedMedia(APIError):
+    status = 415
+    code = "unsupported_media"
+
+
+class NotFound(APIError):
+    status = 404
+    code = "not_found"
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    code = "model_unavailable"
+
+
+def failure_of(exc: BaseException) -> JobFailure:
+    """What a failed transcription tells its client, by cause."""
+    if isinstance(exc, UndecodableAudio):
+        return JobFailure(f"the file could not be decoded as audio: {exc.reason}", UnsupportedMedia.code, 415)
+    if isinstance(exc, ModelUnavailable):
+        return JobFailure(f"the model could not be loaded: {exc.reason}", ServiceUnavailable.code, 503)
+    if isinstance(exc, APIError):
+        return JobFailure(exc.message, exc.code, exc.status)
+    return JobFailure(f"transcription failed ({type(exc).__name__}); see the server log", "transcription_failed")
+
+
+def error_response(message: str, code: str, status: int, param: str | None = None) -> tuple[Response, int]:
+    body = {"status": "error", "error": message, "code": code}
+    if param:
+        body["param"] = param
+    return jsonify(body), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(APIError)
+    def _api_error(exc: APIError):  # type: ignore[no-untyped-def]
+        return error_response(exc.message, exc.code, exc.status, exc.param)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        status = exc.code or 500
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            status, (exc.name or "error").lower().replace(" ", "_"))
+        message = exc.description or exc.name
+        if status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        elif status == 405:
+            allowed = exc.get_response().headers.get("Allow", "")
+            message = f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
+        elif status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"the upload is larger than this server accepts ({limit / 1024**2:.0f} MiB)" if limit else message
+        response, status = error_response(message, code, status)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response, status
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error")
+        return error_response("internal server error; see the server log", "internal_error", 500)

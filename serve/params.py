@@ -1,0 +1,83 @@
+"""Per-request transcription parameters: parse and validate the guide's form fields."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from .config import (
+    MAX_NEW_TOKENS_LIMIT,
+    MAX_REPETITION_PENALTY,
+    MAX_SEGMENT_SECONDS,
+    MAX_TEMPERATURE,
+    MIN_SEGMENT_SECONDS,
+    Settings,
+)
+from .errors import InvalidParameter
+from .transcriber import TranscriptionParams
+
+_TRUE = {"true", "1", "yes", "y", "on", "t"}
+_FALSE = {"false", "0", "no", "n", "off", "f"}
+
+
+def _given(form: Mapping[str, str], name: str) -> str | None:
+    value = form.get(name)
+    if value is None or not str(value).strip():
+        return None
+    return str(value).strip()
+
+
+def _number(form: Mapping[str, str], name: str, default: float, low: float, high: float,
+            *, low_inclusive: bool = True) -> float:
+    raw = _given(form, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    low_ok = value >= low if low_inclusive else value > low
+    if not (math.isfinite(value) and low_ok and value <= high):
+        bound = "from" if low_inclusive else "above"
+        raise InvalidParameter(f"{name} must be a number {bound} {low:g} to {high:g} (got {raw[:40]!r})",
+                               param=name)
+    return value
+
+
+def _integer(form: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = _given(form, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be a whole number from {low} to {high} (got {raw[:40]!r})",
+                               param=name) from None
+    if not low <= value <= high:
+        raise InvalidParameter(f"{name} must be a whole number from {low} to {high} (got {value})", param=name)
+    return value
+
+
+def _boolean(form: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _given(form, name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise InvalidParameter(f"{name} must be true or false (also 1/0, yes/no, on/off; got {raw[:40]!r})",
+                           param=name)
+
+
+def parse_params(form: Mapping[str, str], defaults: Settings) -> TranscriptionParams:
+    """The request's parameters, each falling back to the server's default when absent or empty."""
+    return TranscriptionParams(
+        segment_duration=_number(form, "segment_duration", defaults.segment_duration,
+                                 MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS),
+        max_new_tokens=_integer(form, "max_new_tokens", defaults.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT),
+        temperature=_number(form, "temperature", defaults.temperature, 0.0, MAX_TEMPERATURE),
+        repetition_penalty=_number(form, "repetition_penalty", defaults.repetition_penalty, 0.0,
+                                   MAX_REPETITION_PENALTY, low_inclusive=False),
+        enable_s2t=_boolean(form, "enable_s2t", False),
+    )

@@ -1,0 +1,7 @@
+"""HTTP routes, one blueprint per API family."""
+
+from .health import bp as health_bp
+from .jobs import bp as jobs_bp
+from .transcribe import bp as transcribe_bp
+
+BLUEPRINTS = (health_bp, transcribe_bp, jobs_bp)

@@ -1,0 +1,99 @@
+"""The server's components, wired once per app: settings, model manager, transcriber, job queue, outputs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import current_app
+
+from . import formats
+from .checkpoint import resolve_checkpoint
+from .config import APP_DIR, Settings
+from .engine import QwenOmniEngine
+from .errors import failure_of
+from .jobs import InMemoryJobStore, Job, JobQueue, new_job_id
+from .model_manager import ModelManager
+from .outputs import OutputStore
+from .transcriber import Transcriber, TranscriptionParams
+from .transcript import Transcript
+from .uploads import Upload
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "qwen_omni"
+
+RENDERERS = {
+    "txt": formats.to_txt,
+    "srt": formats.to_srt,
+}
+
+
+def engine_loader(settings: Settings):  # type: ignore[no-untyped-def]
+    def load() -> QwenOmniEngine:
+        checkpoint = resolve_checkpoint(settings.checkpoint_path, local_only=settings.local_model,
+                                        models_dir=settings.models_dir, app_dir=APP_DIR)
+        return QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2)
+
+    return load
+
+
+@dataclass
+class Services:
+    settings: Settings
+    models: ModelManager[QwenOmniEngine]
+    transcriber: Transcriber
+    jobs: JobQueue
+    outputs: OutputStore
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        for folder in (settings.inputs_dir, settings.temp_dir, settings.outputs_dir):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        models: ModelManager[QwenOmniEngine] = ModelManager(
+            engine_loader(settings), unloader=QwenOmniEngine.close, idle_timeout=settings.idle_timeout,
+            name="Qwen2.5-Omni thinker",
+        )
+        transcriber = Transcriber(models, opencc_config=settings.opencc_config, scratch_dir=settings.temp_dir)
+        outputs = OutputStore(settings.outputs_dir)
+
+        def run(job: Job) -> tuple[Transcript, str]:
+            transcript = transcriber(job.input_path, job.params)
+            return transcript, outputs.save(RENDERERS[job.output_format](transcript), job.output_format)
+
+        def remove_input(job: Job) -> None:
+            job.input_path.unlink(missing_ok=True)
+
+        jobs = JobQueue(InMemoryJobStore(), run, failure_of, on_finished=remove_input)
+        jobs.start()
+        return cls(settings=settings, models=models, transcriber=transcriber, jobs=jobs, outputs=outputs)
+
+    def submit(self, upload: Upload, params: TranscriptionParams, output_format: str) -> Job:
+        job = Job(id=new_job_id(), input_path=upload.path, filename=upload.filename, params=params,
+                  output_format=output_format)
+        try:
+            return self.jobs.submit(job)
+        except Exception:
+            upload.path.unlink(missing_ok=True)
+            raise
+
+    def preload_in_background(self) -> threading.Thread:
+        def preload() -> None:
+            try:
+                self.models.preload()
+            except Exception as exc:  # reported by /health and retried by the next request
+                log.error("preloading the model failed: %s", exc)
+
+        thread = threading.Thread(target=preload, name="model-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self.jobs.stop()
+        self.models.close()
+
+
+def services() -> Services:
+    return current_app.extensions[EXTENSION_KEY]

@@ -1,0 +1,80 @@
+"""Settings: the guide's flags and defaults, environment variables, precedence, validation, --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from serve.config import APP_DIR, Settings, parse_args, parse_size
+
+ENTRY = APP_DIR / "serve" / "qwen2_5_omni_awq.py"
+
+
+def test_defaults_are_the_guides(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"QWEN_OMNI_{name.upper()}", raising=False)
+    s = parse_args([])
+    assert s.checkpoint_path == "Qwen/Qwen2.5-Omni-7B-AWQ"
+    assert s.port == 5000
+    assert s.segment_duration == 60
+    assert s.max_new_tokens == 8192
+    assert s.temperature == 0.1
+    assert s.repetition_penalty == 1.1
+    assert s.idle_timeout == 300
+    assert s.local_model is False and s.flash_attn2 is False and s.preload is False
+    assert s.max_upload_size == 4 * 1024**3
+    assert (s.inputs_dir, s.temp_dir, s.outputs_dir, s.models_dir) == (
+        APP_DIR / "inputs", APP_DIR / "temp", APP_DIR / "outputs", APP_DIR / "Qwen")
+
+
+def test_the_guides_compose_command_line_parses() -> None:
+    s = parse_args(["--checkpoint-path", "Qwen/Qwen2.5-Omni-7B-AWQ", "--host", "0.0.0.0", "--port", "5000",
+                    "--flash-attn2", "--local-model", "--segment-duration", "30", "--max-new-tokens", "4096",
+                    "--temperature", "0.05", "--repetition-penalty", "1.2", "--idle-timeout", "600"])
+    assert (s.host, s.port, s.flash_attn2, s.local_model) == ("0.0.0.0", 5000, True, True)
+    assert (s.segment_duration, s.max_new_tokens, s.temperature, s.repetition_penalty, s.idle_timeout) == (
+        30, 4096, 0.05, 1.2, 600)
+
+
+def test_environment_sets_and_flags_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_OMNI_IDLE_TIMEOUT", "42")
+    monkeypatch.setenv("QWEN_OMNI_PORT", "8080")
+    monkeypatch.setenv("QWEN_OMNI_FLASH_ATTN2", "true")
+    monkeypatch.setenv("QWEN_OMNI_MAX_UPLOAD_SIZE", "512M")
+    s = parse_args(["--port", "9000"])
+    assert s.idle_timeout == 42 and s.port == 9000 and s.flash_attn2 is True
+    assert s.max_upload_size == 512 * 1024**2
+    assert parse_args(["--no-flash-attn2"]).flash_attn2 is False
+
+
+@pytest.mark.parametrize("idle", ["0", "-1", "12.5"])
+def test_idle_timeout_accepts_zero_and_negative(idle: str) -> None:
+    assert parse_args(["--idle-timeout", idle]).idle_timeout == float(idle)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--port", "0"], ["--port", "abc"], ["--segment-duration", "0"], ["--segment-duration", "400"],
+    ["--max-new-tokens", "0"], ["--max-new-tokens", "100000"], ["--temperature", "-1"],
+    ["--repetition-penalty", "0"], ["--device", "tpu"], ["--max-upload-size", "lots"], ["--bogus"],
+])
+def test_bad_flags_exit_with_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "size"), [("4G", 4 * 1024**3), ("512M", 512 * 1024**2), ("1024", 1024),
+                                            ("1.5K", 1536), ("2GiB", 2 * 1024**3), (7, 7)])
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_help_lists_every_flag_and_its_environment_variable() -> None:
+    out = subprocess.run([sys.executable, str(ENTRY), "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--checkpoint-path", "--local-model", "--host", "--port", "--flash-attn2", "--segment-duration",
+                 "--max-new-tokens", "--temperature", "--repetition-penalty", "--idle-timeout", "--preload"):
+        assert flag in out
+    assert "QWEN_OMNI_IDLE_TIMEOUT" in out
