@@ -42,7 +42,8 @@ def resolve_checkpoint(checkpoint: str, *, local_only: bool, models_dir: Path, a
         looked = ", ".join(str(p) for p in candidates)
         raise CheckpointNotFound(
             f"checkpoint {checkpoint!r} not found locally (looked in: {looked}). Download it first, e.g. "
-            f"`huggingface-cli download {checkpoint} --local-dir {models_dir / Path(checkpoint).name}`"
+            f"`hf download {checkpoint} --local-dir {models_dir / Path(checkpoint).name}` "
+            f"(or `git lfs clone https://huggingface.co/{checkpoint}` inside {models_dir})"
         )
     from huggingface_hub import snapshot_download
 

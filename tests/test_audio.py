@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_segments_carry_true_times(audio_dir: Path) -> None:
     assert [s.index for s in segments] == [0, 1, 2, 3]
     assert [s.start for s in segments] == [0.0, 2.0, 4.0, 6.0]
     assert segments[-1].end == pytest.approx(7.3, abs=0.01)  # the real end, not 8.0
-    for a, b in zip(segments, segments[1:], strict=False):
+    for a, b in itertools.pairwise(segments):
         assert a.end == b.start
     assert sum(s.samples.size for s in segments) == pytest.approx(7.3 * SAMPLE_RATE, abs=20)
 

@@ -6,12 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+import build_tiny_checkpoints as builder
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import build_tiny_checkpoints as builder
 from serve import awq
 from serve.engine import EngineLoadError, QwenOmniEngine
 
@@ -119,15 +119,15 @@ def test_awq_logits_equal_the_float_model_with_dequantized_weights(tiny_checkpoi
     reference_dir = tmp_path / "dequantized"
     shutil.copytree(tiny_checkpoint, reference_dir)
     index = json.loads((tiny_awq_checkpoint / "model.safetensors.index.json").read_text())["weight_map"]
+    reference_index = json.loads((reference_dir / "model.safetensors.index.json").read_text())["weight_map"]
     for shard in sorted(set(index.values())):
-        awq_tensors = load_file(str(tiny_awq_checkpoint / shard))
-        for key in [k for k in awq_tensors if k.endswith(".qweight")]:
+        packed = load_file(str(tiny_awq_checkpoint / shard))
+        for key in [k for k in packed if k.endswith(".qweight")]:
             base = key[: -len(".qweight")]
-            ref_shard = reference_dir / json.loads((reference_dir / "model.safetensors.index.json").read_text())[
-                "weight_map"][f"{base}.weight"]
+            ref_shard = reference_dir / reference_index[f"{base}.weight"]
             ref = load_file(str(ref_shard))
-            ref[f"{base}.weight"] = awq.dequantize_awq(awq_tensors[key], awq_tensors[f"{base}.qzeros"],
-                                                       awq_tensors[f"{base}.scales"], 128).to(torch.bfloat16).contiguous()
+            weight = awq.dequantize_awq(packed[key], packed[f"{base}.qzeros"], packed[f"{base}.scales"], 128)
+            ref[f"{base}.weight"] = weight.to(torch.bfloat16).contiguous()
             save_file(ref, str(ref_shard), metadata={"format": "pt"})
     quantized = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu").model
     reference = QwenOmniEngine.load(reference_dir, device="cpu").model

@@ -45,7 +45,7 @@ def test_local_only_never_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(CheckpointNotFound) as exc:
         resolve_checkpoint("Qwen/Qwen2.5-Omni-7B-AWQ", local_only=True, models_dir=tmp_path / "Qwen",
                            app_dir=tmp_path)
-    assert "huggingface-cli download" in str(exc.value)
+    assert "hf download Qwen/Qwen2.5-Omni-7B-AWQ --local-dir" in str(exc.value)
 
 
 def test_a_folder_without_config_is_not_a_checkpoint(tmp_path: Path) -> None:

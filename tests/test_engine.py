@@ -40,10 +40,9 @@ def test_only_the_thinker_is_loaded(engine: QwenOmniEngine) -> None:
 
 def test_full_omni_checkpoint_loads_completely(tiny_checkpoint: Path) -> None:
     """The tiny checkpoint has the published layout: the full Omni class finds every weight it needs in it."""
+    import build_tiny_checkpoints as builder
     from safetensors.torch import load_file
     from transformers import Qwen2_5OmniForConditionalGeneration
-
-    import build_tiny_checkpoints as builder
 
     model = Qwen2_5OmniForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
     assert {"Chelsie", "Ethan"} <= set(model.speaker_map)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh Debian/Ubuntu machine: system packages, a virtualenv, pinned Python packages.
+#   bash scripts/setup.sh         # to serve:  ffmpeg + requirements.txt
+#   bash scripts/setup.sh --dev   # to test:   + espeak-ng (test speech) + requirements-dev.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+packages=(ffmpeg)
+[ "$dev" = 1 ] && packages+=(espeak-ng)
+missing=()
+for package in "${packages[@]}"; do
+  command -v "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "setup: please install ${missing[*]} (no root and no sudo here)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+requirements=requirements.txt
+[ "$dev" = 1 ] && requirements=requirements-dev.txt
+echo "setup: installing $requirements into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+echo "setup: done"
