@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         "s2t", description="OpenCC conversion used when enable_s2t is set")
 
     # HTTP
+    server: Literal["werkzeug", "gunicorn"] = Field(
+        "werkzeug", description="HTTP server: werkzeug (development) or gunicorn (production; the Docker image's)")
+    threads: int = Field(16, ge=2, le=256, description="gunicorn request threads (one process, one model)")
+    graceful_timeout: float = Field(300.0, ge=0, description="seconds a shutdown waits for the running "
+                                                              "transcription before stopping anyway")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
     port: int = Field(5000, ge=1, le=65535, description="port to listen on")
     max_upload_size: int = Field(4 * 1024**3, gt=0, description="largest accepted request body, e.g. 4G, 512M")

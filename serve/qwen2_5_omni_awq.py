@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
 """Entry point: ``python3 serve/qwen2_5_omni_awq.py --checkpoint-path Qwen/Qwen2.5-Omni-7B-AWQ --local-model``.
 
-Parses the flags, builds the app and serves it with Werkzeug's threaded server (development and
-single-user use; the Docker image runs the same app under gunicorn).
+Parses the flags and serves the app: with Werkzeug's threaded server by default (development), with
+gunicorn when ``--server gunicorn`` (or QWEN_OMNI_SERVER=gunicorn, as the Docker image sets).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -33,27 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.local_model:
         os.environ["HF_HUB_OFFLINE"] = "1"  # --local-model must never touch the network
 
-    from werkzeug.serving import run_simple
+    from serve.server import serve
 
-    from serve.app import create_app
-    from serve.services import EXTENSION_KEY
-
-    app = create_app(settings)
-
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
-    log = logging.getLogger("serve")
-    log.info("listening on http://%s:%d (checkpoint %s, idle timeout %g s)", settings.host, settings.port,
-             settings.checkpoint_path, settings.idle_timeout)
-    try:
-        run_simple(settings.host, settings.port, app, threaded=True, use_reloader=False)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        log.info("shutting down: letting the running job finish")
-        app.extensions[EXTENSION_KEY].close()
+    serve(settings)
     return 0
 
 

@@ -1,0 +1,20 @@
+"""gunicorn settings: one process for the one model, threads for concurrency, graceful shutdown."""
+
+from __future__ import annotations
+
+from serve.config import Settings
+from serve.server import gunicorn_options
+
+
+def test_one_worker_with_threads_and_no_recycling() -> None:
+    options = gunicorn_options(Settings(host="0.0.0.0", port=5000, threads=12, graceful_timeout=90.5))
+    assert options["workers"] == 1 and options["worker_class"] == "gthread" and options["threads"] == 12
+    assert options["bind"] == "0.0.0.0:5000"
+    assert options["max_requests"] == 0 and options["preload_app"] is False
+    assert options["graceful_timeout"] == 91
+    assert options["control_socket_disable"] is True
+    assert callable(options["worker_exit"])
+
+
+def test_ipv6_hosts_are_bracketed() -> None:
+    assert gunicorn_options(Settings(host="::", port=8080))["bind"] == "[::]:8080"
