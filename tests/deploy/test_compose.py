@@ -1,0 +1,91 @@
+"""docker-compose.yml validates with Compose v2 for each profile and keeps the guide's contract."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serve.config import parse_args
+from tests.conftest import ROOT
+from tests.deploy.conftest import compose_config
+
+GUIDE_FLAGS = ["--checkpoint-path", "Qwen/Qwen2.5-Omni-7B-AWQ", "--host", "0.0.0.0", "--port", "5000",
+               "--flash-attn2", "--local-model", "--repetition-penalty", "1.1", "--idle-timeout", "300"]
+
+
+def seconds(duration: str) -> float:
+    total = 0.0
+    for value, unit in re.findall(r"([\d.]+)(h|m|s)", duration):
+        total += float(value) * {"h": 3600, "m": 60, "s": 1}[unit]
+    return total
+
+
+@pytest.fixture(scope="module")
+def awq() -> dict:
+    return compose_config("--profile", "awq")["services"]["qwen2.5-omni-http-awq"]
+
+
+def test_each_profile_validates_and_selects_its_service() -> None:
+    assert list(compose_config("--profile", "awq")["services"]) == ["qwen2.5-omni-http-awq"]
+    assert list(compose_config("--profile", "fp16")["services"]) == ["qwen2.5-omni-http"]
+    assert compose_config().get("services", {}) == {}  # no profile, nothing starts by accident
+
+
+def test_awq_service_runs_the_guides_command(awq: dict) -> None:
+    command = awq["command"]
+    assert command[:2] == ["python3", "serve/qwen2_5_omni_awq.py"]
+    assert command[2:] == GUIDE_FLAGS
+    settings = parse_args(command[2:])  # the flags parse with the server's own parser
+    assert settings.local_model and settings.flash_attn2 and settings.idle_timeout == 300
+    assert awq["image"] == "qwen2.5-omni-app:latest" and awq["build"]["context"] == str(ROOT)
+    assert awq["ports"] == [{"mode": "ingress", "target": 5000, "published": "5000", "protocol": "tcp"}]
+    assert awq["restart"] == "unless-stopped"
+
+
+def test_gpu_reservation(awq: dict) -> None:
+    (device,) = awq["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+def test_volumes_for_models_outputs_and_hub_cache(awq: dict) -> None:
+    mounts = {v["target"]: v for v in awq["volumes"]}
+    assert mounts["/app/Qwen"]["source"] == str(ROOT / "Qwen")
+    assert mounts["/app/outputs"]["source"] == str(ROOT / "outputs")
+    assert mounts["/home/app/.cache/huggingface"]["type"] == "volume"
+
+
+def test_healthcheck_allows_a_first_download_and_shutdown_lets_jobs_finish(awq: dict) -> None:
+    health = awq["healthcheck"]
+    assert "/health" in " ".join(health["test"])
+    assert seconds(health["start_period"]) >= 15 * 60  # ~11 GB on the first start
+    graceful = parse_args(awq["command"][2:]).graceful_timeout
+    assert seconds(awq["stop_grace_period"]) > graceful
+
+
+def test_fp16_profile_serves_the_full_precision_model() -> None:
+    service = compose_config("--profile", "fp16")["services"]["qwen2.5-omni-http"]
+    settings = parse_args(service["command"][2:])
+    assert settings.checkpoint_path == "Qwen/Qwen2.5-Omni-7B" and settings.local_model
+    assert service["ports"][0]["published"] == "5001"
+
+
+def test_guides_port_mapping_example(tmp_path: Path) -> None:
+    """ports: "8080:5000" (the guide's example) as an override file."""
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    (tmp_path / "docker-compose.override.yml").write_text(
+        'services:\n  qwen2.5-omni-http-awq:\n    ports: !override\n      - "8080:5000"\n')
+    service = compose_config("--profile", "awq", project_dir=tmp_path)["services"]["qwen2.5-omni-http-awq"]
+    assert [(p["published"], p["target"]) for p in service["ports"]] == [("8080", 5000)]
+
+
+def test_guides_cuda_visible_devices_example() -> None:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}
+    service = compose_config("--profile", "awq", env=env)["services"]["qwen2.5-omni-http-awq"]
+    assert service["environment"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    default = compose_config("--profile", "awq", env={k: v for k, v in os.environ.items()
+                                                       if k != "CUDA_VISIBLE_DEVICES"})
+    assert default["services"]["qwen2.5-omni-http-awq"]["environment"]["CUDA_VISIBLE_DEVICES"] == "0"

@@ -1,0 +1,124 @@
+"""The production path: the image's entry point and settings, the awq service's command, under gunicorn,
+on a tiny checkpoint, checked by test_awq_service.sh."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import ROOT, folder_is_empty
+from tests.deploy.conftest import compose_config, dockerfile_env
+from tests.e2e.test_guide_examples import free_port
+
+pytestmark = pytest.mark.e2e
+
+SERVICE = "qwen2.5-omni-http-awq"
+
+
+@dataclass
+class ImageLikeServer:
+    process: subprocess.Popen
+    url: str
+    root: Path
+    log: Path
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(60)
+        return self.process.returncode
+
+
+def start(root: Path, checkpoint: Path, extra_env: dict[str, str] | None = None) -> ImageLikeServer:
+    """Run what the container runs: entrypoint + the compose command, with the image's and service's env.
+
+    Only what a container provides differently is replaced: the interpreter, the port (free one on this
+    machine) and the folders (under ``root``, where /app would be).
+    """
+    service = compose_config("--profile", "awq")["services"][SERVICE]
+    port = free_port()
+    command = list(service["command"])
+    command[0] = "python3"
+    command[command.index("--port") + 1] = str(port)
+    (root / "Qwen").mkdir(parents=True, exist_ok=True)
+    os.symlink(checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
+    os.symlink(ROOT / "serve", root / "serve")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN_OMNI_")}
+    env.update({k: v for k, v in dockerfile_env().items() if k.startswith("QWEN_OMNI_")})
+    env.update(service["environment"])
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",  # python3 = this venv
+        "QWEN_OMNI_MODELS_DIR": str(root / "Qwen"),
+        "QWEN_OMNI_INPUTS_DIR": str(root / "inputs"),
+        "QWEN_OMNI_TEMP_DIR": str(root / "temp"),
+        "QWEN_OMNI_OUTPUTS_DIR": str(root / "outputs"),
+        "QWEN_OMNI_MAX_NEW_TOKENS": "16",  # random weights never stop on their own
+        **(extra_env or {}),
+    })
+    log = root / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(["sh", str(ROOT / "docker" / "entrypoint.sh"), *command], cwd=root, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    server = ImageLikeServer(process, f"http://127.0.0.1:{port}", root, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            requests.get(f"{server.url}/health", timeout=2)
+            return server
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    server.stop()
+    raise AssertionError(f"no answer from the server:\n{log.read_text()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path, tiny_awq_checkpoint: Path) -> Iterator[ImageLikeServer]:
+    server = start(tmp_path, tiny_awq_checkpoint)
+    yield server
+    server.stop()
+
+
+def test_test_awq_service_passes_against_gunicorn(server: ImageLikeServer) -> None:
+    result = subprocess.run(["bash", str(ROOT / "test_awq_service.sh")], capture_output=True, text=True,
+                            env={**os.environ, "BASE_URL": server.url}, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASS") == 7 and "FAIL" not in result.stdout
+    log = server.log.read_text()
+    assert "Using worker: gthread" in log and "checkpoint ready" in log
+    assert folder_is_empty(server.root / "inputs") and folder_is_empty(server.root / "temp")
+
+
+def test_exactly_one_worker_process_holds_the_model(server: ImageLikeServer, audio_dir: Path) -> None:
+    with open(audio_dir / "speech.wav", "rb") as f:
+        assert requests.post(f"{server.url}/transcribe/json", files={"file": f}, timeout=60).status_code == 200
+    master = psutil.Process(server.process.pid)
+    workers = [p for p in master.children(recursive=True) if "python" in p.name()]
+    # sh exec'd python (the gunicorn master); the master has exactly one worker.
+    assert master.name().startswith("python") and len(workers) == 1
+
+
+def test_sigterm_lets_the_running_job_finish(server: ImageLikeServer, audio_dir: Path) -> None:
+    with open(audio_dir / "long_tone.wav", "rb") as f:
+        job = requests.post(f"{server.url}/transcribe/async", files={"file": f},
+                            data={"segment_duration": "1", "max_new_tokens": "32"}, timeout=30).json()
+    deadline = time.monotonic() + 30
+    while requests.get(f"{server.url}/status/{job['job_id']}", timeout=5).json().get("stage") != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert server.stop() == 0
+    log = server.log.read_text()
+    assert "shutting down: letting the running job finish" in log and "unloaded" in log
+    assert "Traceback" not in log
+    # The job completed before the process exited: its transcript was written.
+    assert len(list((server.root / "outputs").iterdir())) == 1
