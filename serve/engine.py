@@ -70,7 +70,8 @@ def pick_device(setting: str) -> torch.device:
 def pick_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs that support it (and the int4 kernels need it), fp16 on older GPUs, fp32 on CPU."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 only (Ampere and newer): emulated bf16 on older cards is slower than fp16.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
 
 
