@@ -58,6 +58,15 @@ class ServiceUnavailable(APIError):
     code = "model_unavailable"
 
 
+class JobFailed(APIError):
+    """A transcription the client waited for failed: its failure, as an HTTP error."""
+
+    def __init__(self, failure: JobFailure) -> None:
+        super().__init__(failure.message)
+        self.status = failure.http_status
+        self.code = failure.code
+
+
 def failure_of(exc: BaseException) -> JobFailure:
     """What a failed transcription tells its client, by cause."""
     if isinstance(exc, UndecodableAudio):

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify, request, send_file, url_for
 
 from .. import formats
 from ..audio import UndecodableAudio, probe
-from ..errors import APIError, UnsupportedMedia
+from ..errors import APIError, JobFailed, UnsupportedMedia
 from ..jobs import Job, JobStatus
 from ..params import parse_params
 from ..services import RENDERERS, services
@@ -19,16 +19,6 @@ from .common import now_iso
 bp = Blueprint("transcribe", __name__)
 
 _MIMETYPES = {"txt": "text/plain", "srt": "application/x-subrip"}
-
-
-class JobFailed(APIError):
-    """A synchronous transcription failed; carries the job's failure status and code."""
-
-    def __init__(self, job: Job) -> None:
-        assert job.failure is not None
-        super().__init__(job.failure.message)
-        self.status = job.failure.http_status
-        self.code = job.failure.code
 
 
 def _accept() -> tuple[Upload, TranscriptionParams]:
@@ -51,7 +41,8 @@ def _transcribe_now(output_format: str) -> Job:
     if finished is None:  # the worker was stopped under us (shutdown)
         raise APIError("the server is shutting down")
     if finished.status is JobStatus.FAILED:
-        raise JobFailed(finished)
+        assert finished.failure is not None
+        raise JobFailed(finished.failure)
     return finished
 
 
