@@ -47,7 +47,7 @@ RUN if [ -n "$FLASH_ATTN_WHEEL" ]; then pip install --no-deps "$FLASH_ATTN_WHEEL
 # (./Qwen, ./outputs) belong to the usual first host user.
 RUN (userdel --remove ubuntu 2>/dev/null || true) \
     && useradd --create-home --uid 1000 --shell /usr/sbin/nologin app \
-    && mkdir -p /app/inputs /app/temp /app/outputs /app/Qwen /home/app/.cache/huggingface \
+    && mkdir -p /app/inputs /app/temp /app/outputs /app/data /app/Qwen /home/app/.cache/huggingface \
     && chown -R app:app /app /home/app/.cache
 
 COPY --chown=app:app docker/entrypoint.sh /usr/local/bin/qwen-omni-entrypoint

@@ -7,6 +7,7 @@ import atexit
 from flask import Flask, request
 from flask_cors import CORS
 
+from . import access_log, security
 from .config import Settings
 from .errors import register_error_handlers
 from .routes import BLUEPRINTS
@@ -31,11 +32,17 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # the guide's browser fetch() example calls the API from another origin
-        CORS(app, origins=origins, expose_headers=["Content-Disposition", "X-Output-File", "Location"])
+        CORS(app, origins=origins, expose_headers=["Content-Disposition", "X-Output-File", "Location",
+                                                   "Retry-After", "X-Request-ID"])
 
+    access_log.install(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    if settings.api_keys:
+        security.require_api_key(app, settings.api_keys)
+    if settings.rate_limit:
+        security.limit_rate(app, settings.rate_limit)
 
     @app.teardown_request
     def _discard_unclaimed_uploads(_exc: BaseException | None) -> None:

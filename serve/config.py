@@ -62,6 +62,20 @@ class Settings(BaseSettings):
     opencc_config: Literal["s2t", "s2tw", "s2twp", "s2hk"] = Field(
         "s2t", description="OpenCC conversion used when enable_s2t is set")
 
+    # Jobs
+    queue_depth: int = Field(32, ge=1, le=10000, description="jobs that may wait for the model; more get 503 with "
+                                                             "Retry-After")
+    data_dir: Path = Field(APP_DIR / "data", description="where the job database (jobs.sqlite3) lives")
+    job_retention_hours: float = Field(168.0, gt=0, description="hours finished jobs and their results are kept")
+    output_retention_hours: float = Field(0.0, ge=0, description="hours saved transcripts in outputs/ are kept "
+                                                                 "(0 = forever)")
+
+    # Security
+    api_key: str | None = Field(None, description="require this key (comma-separate several) as 'Authorization: "
+                                                  "Bearer KEY' or 'X-API-Key: KEY'; /health stays open")
+    rate_limit: str | None = Field(None, description="per-client request limit, e.g. '60/minute' or "
+                                                     "'10/second;500/hour' (off by default)")
+
     # HTTP
     server: Literal["werkzeug", "gunicorn"] = Field(
         "werkzeug", description="HTTP server: werkzeug (development) or gunicorn (production; the Docker image's)")
@@ -93,6 +107,27 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_size(cls, value: str | int) -> int:
         return parse_size(value)
+
+    @field_validator("api_key", "rate_limit", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value if value is None or str(value).strip() else None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit ({exc}); use e.g. 60/minute") from None
+        return value
+
+    @property
+    def api_keys(self) -> list[str]:
+        return [k.strip() for k in (self.api_key or "").split(",") if k.strip()]
 
     @field_validator("device")
     @classmethod

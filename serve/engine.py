@@ -45,6 +45,10 @@ class EngineLoadError(Exception):
     """The checkpoint cannot be loaded as a Qwen2.5-Omni thinker."""
 
 
+class EngineOutOfMemory(Exception):
+    """The accelerator ran out of memory on this input; its cache has been freed, so a smaller input may fit."""
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     max_new_tokens: int = 8192
@@ -247,8 +251,15 @@ class QwenOmniEngine:
         inputs = self._inputs(np.asarray(samples, dtype=np.float32))
         prompt_tokens = inputs["input_ids"].shape[1]
         generation_config = self._generation_config(options, prompt_tokens)
-        with self._lock, torch.inference_mode():
-            output = self.model.generate(**inputs, generation_config=generation_config)
+        try:
+            with self._lock, torch.inference_mode():
+                output = self.model.generate(**inputs, generation_config=generation_config)
+        except torch.OutOfMemoryError as exc:
+            del inputs
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise EngineOutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from exc
         return self.tokenizer.decode(output[0, prompt_tokens:], skip_special_tokens=True)
 
     def close(self) -> None:

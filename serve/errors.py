@@ -14,18 +14,24 @@ from werkzeug.exceptions import HTTPException
 from .audio import UndecodableAudio
 from .jobs import JobFailure
 from .model_manager import ModelUnavailable
+from .transcriber import SegmentOutOfMemory
 
 log = logging.getLogger(__name__)
+
+# Headers of werkzeug's own error responses that must survive our JSON rewrite.
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                 "X-RateLimit-Reset")
 
 
 class APIError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}
 
 
 class InvalidParameter(APIError):
@@ -43,9 +49,9 @@ class EmptyFile(APIError):
     code = "empty_file"
 
 
-class UnsupportedMedia(APIError):
-    status = 415
-    code = "unsupported_media"
+class Unauthorized(APIError):
+    status = 401
+    code = "unauthorized"
 
 
 class NotFound(APIError):
@@ -53,9 +59,24 @@ class NotFound(APIError):
     code = "not_found"
 
 
+class Conflict(APIError):
+    status = 409
+    code = "conflict"
+
+
+class UnsupportedMedia(APIError):
+    status = 415
+    code = "unsupported_media"
+
+
 class ServiceUnavailable(APIError):
     status = 503
     code = "model_unavailable"
+
+
+class QueueFullError(APIError):
+    status = 503
+    code = "queue_full"
 
 
 class JobFailed(APIError):
@@ -73,6 +94,9 @@ def failure_of(exc: BaseException) -> JobFailure:
         return JobFailure(f"the file could not be decoded as audio: {exc.reason}", UnsupportedMedia.code, 415)
     if isinstance(exc, ModelUnavailable):
         return JobFailure(f"the model could not be loaded: {exc.reason}", ServiceUnavailable.code, 503)
+    if isinstance(exc, SegmentOutOfMemory):
+        return JobFailure(f"the GPU ran out of memory ({exc}); retry with a smaller segment_duration or "
+                          "max_new_tokens, or when the GPU is less busy", "gpu_out_of_memory", 503)
     if isinstance(exc, APIError):
         return JobFailure(exc.message, exc.code, exc.status)
     return JobFailure(f"transcription failed ({type(exc).__name__}); see the server log", "transcription_failed")
@@ -88,25 +112,31 @@ def error_response(message: str, code: str, status: int, param: str | None = Non
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(exc: APIError):  # type: ignore[no-untyped-def]
-        return error_response(exc.message, exc.code, exc.status, exc.param)
+        response, status = error_response(exc.message, exc.code, exc.status, exc.param)
+        response.headers.update(exc.headers)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            status, (exc.name or "error").lower().replace(" ", "_"))
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                429: "rate_limited"}.get(status, (exc.name or "error").lower().replace(" ", "_"))
         message = exc.description or exc.name
+        original = exc.get_response()
         if status == 404:
             message = f"no such endpoint: {request.method} {request.path}"
         elif status == 405:
-            allowed = exc.get_response().headers.get("Allow", "")
-            message = f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
+            message = f"method {request.method} is not allowed on {request.path} (allowed: " \
+                      f"{original.headers.get('Allow', '')})"
         elif status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the upload is larger than this server accepts ({limit / 1024**2:.0f} MiB)" if limit else message
+        elif status == 429:
+            message = f"too many requests: the limit is {exc.description}"
         response, status = error_response(message, code, status)
-        if status == 405 and exc.get_response().headers.get("Allow"):
-            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        for header in _KEPT_HEADERS:
+            if header in original.headers:
+                response.headers[header] = original.headers[header]
         return response, status
 
     @app.errorhandler(Exception)

@@ -1,18 +1,19 @@
-"""Transcription jobs: their records, the store that keeps them, and the one worker that runs them.
+"""Transcription jobs: their records and the one bounded queue, with its single worker, that runs them.
 
 Synchronous requests and async jobs go through the same queue and the same worker thread, which is the
-only code that reaches the model: there is no second, unlocked path to the GPU. The store sits behind a
-small interface (:class:`JobStore`) so that a persistent one can replace the in-memory one.
+only code that reaches the model: there is no second, unlocked path to the GPU. Job records live in a
+:class:`JobStore` (SQLite, see ``job_store.py``) so they survive restarts; params and results are plain
+JSON-able data, so this module knows nothing of the pipeline, HTTP or the database.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -27,10 +28,16 @@ def now() -> datetime:
 
 
 class JobStatus(StrEnum):
-    # The guide's three statuses; a queued job is "processing" too (stage tells them apart).
+    # The guide's three statuses, plus cancelled. A queued job is "processing" too (stage tells them apart).
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobKind(StrEnum):
+    SYNC = "sync"  # a client waits on the connection
+    ASYNC = "async"  # a client polls /status
 
 
 @dataclass(frozen=True)
@@ -43,20 +50,30 @@ class JobFailure:
 
 
 @dataclass(frozen=True)
+class Progress:
+    segments_done: int = 0
+    segments_total: int | None = None
+    audio_seconds_done: float = 0.0
+
+
+@dataclass(frozen=True)
 class Job:
     """An immutable snapshot of a job; the store holds the latest one."""
 
     id: str
+    kind: JobKind
     input_path: Path
     filename: str
-    params: Any
+    params: dict[str, Any]
     output_format: str = "txt"
+    audio_duration: float | None = None
     status: JobStatus = JobStatus.PROCESSING
     stage: str = "queued"  # queued -> running -> done
     created_at: datetime = field(default_factory=now)
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    result: Any = None
+    progress: Progress = field(default_factory=Progress)
+    result: dict[str, Any] | None = None
     output_file: str | None = None
     failure: JobFailure | None = None
 
@@ -73,42 +90,45 @@ class JobStore(Protocol):
     def add(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job | None: ...
     def update(self, job: Job) -> None: ...
+    def update_progress(self, job_id: str, progress: Progress) -> None: ...
+    def list(self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> list[Job]: ...
+    def unfinished(self) -> list[Job]: ...
+    def delete(self, job_ids: Iterable[str]) -> None: ...
+    def finished_before(self, moment: datetime) -> list[Job]: ...
 
 
-class InMemoryJobStore:
-    """Jobs in a dict, forgetting the oldest finished ones beyond ``max_finished``."""
+class QueueFull(Exception):
+    """The queue holds as many waiting jobs as it may; try again after ``retry_after`` seconds."""
 
-    def __init__(self, max_finished: int = 1000) -> None:
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._lock = threading.Lock()
-        self.max_finished = max_finished
+    def __init__(self, depth: int, retry_after: int) -> None:
+        super().__init__(f"the transcription queue is full ({depth} jobs waiting)")
+        self.depth = depth
+        self.retry_after = retry_after
 
-    def add(self, job: Job) -> None:
-        with self._lock:
-            self._jobs[job.id] = job
 
-    def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._jobs.get(job_id)
+class JobControl:
+    """What a running job may do besides returning: report progress, and ask whether it should stop."""
 
-    def update(self, job: Job) -> None:
-        with self._lock:
-            self._jobs[job.id] = job
-            finished = [j for j in self._jobs.values() if j.finished]
-            for old in finished[: max(0, len(finished) - self.max_finished)]:
-                del self._jobs[old.id]
+    def __init__(self, queue: JobQueue, job_id: str) -> None:
+        self._queue = queue
+        self.job_id = job_id
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._jobs)
+    def report(self, segments_done: int, segments_total: int | None, audio_seconds_done: float) -> None:
+        self._queue.store.update_progress(self.job_id, Progress(segments_done, segments_total, audio_seconds_done))
+
+    def should_stop(self) -> bool:
+        return self._queue.cancel_requested(self.job_id)
 
 
 class JobRunner(Protocol):
-    def __call__(self, job: Job) -> tuple[Any, str | None]:
-        """Run ``job``; return (result, output_file). Raise to fail it."""
+    def __call__(self, job: Job, control: JobControl) -> tuple[dict[str, Any], str | None]:
+        """Run ``job``; return (result, output file name). Raise to fail it."""
 
 
 FailureMapper = Callable[[BaseException], JobFailure]
+
+INTERRUPTED = JobFailure("interrupted: the server stopped while this job was running; submit it again",
+                         "interrupted", 503)
 
 
 class _Ticket:
@@ -120,49 +140,104 @@ class _Ticket:
 
 
 class JobQueue:
-    """A FIFO of jobs run one at a time by a single worker thread."""
+    """A bounded FIFO of jobs, run one at a time by a single worker thread."""
 
-    def __init__(self, store: JobStore, runner: JobRunner, failure_of: FailureMapper,
+    def __init__(self, store: JobStore, runner: JobRunner, failure_of: FailureMapper, *, max_queued: int = 32,
                  on_finished: Callable[[Job], None] | None = None) -> None:
         self.store = store
+        self.max_queued = max_queued
         self._runner = runner
         self._failure_of = failure_of
         self._on_finished = on_finished
-        self._queue: queue.Queue[tuple[str, _Ticket] | None] = queue.Queue()
+        self._pending: deque[str] = deque()
         self._tickets: dict[str, _Ticket] = {}
-        self._lock = threading.Lock()
+        self._cancel: set[str] = set()
+        self._cond = threading.Condition()
         self._running: str | None = None
+        self._stopping = False
+        self._average_seconds = 30.0  # a guess until jobs have run; used for Retry-After
         self._worker = threading.Thread(target=self._work, name="transcription-worker", daemon=True)
         self._started = False
-        self._stopping = False
 
-    def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._worker.start()
+    # -- state ---------------------------------------------------------------------------------------
 
     @property
     def depth(self) -> int:
         """Jobs waiting, not counting the one running."""
-        return self._queue.qsize()
+        with self._cond:
+            return len(self._pending)
 
     @property
     def running_job(self) -> str | None:
         return self._running
 
+    def retry_after(self) -> int:
+        """Seconds until a place in the queue is likely to be free."""
+        return max(1, min(3600, round(self._average_seconds)))
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover what a previous process left behind, then start the worker."""
+        if self._started:
+            return
+        self._recover()
+        self._started = True
+        self._worker.start()
+
+    def _recover(self) -> None:
+        """Queued async jobs are queued again; anything else unfinished was interrupted."""
+        requeued = interrupted = 0
+        for job in sorted(self.store.unfinished(), key=lambda j: j.created_at):
+            if job.kind is JobKind.ASYNC and job.stage == "queued" and job.input_path.exists():
+                self._pending.append(job.id)
+                self._tickets[job.id] = _Ticket()
+                requeued += 1
+            else:
+                self._finish(replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(),
+                                     failure=INTERRUPTED))
+                interrupted += 1
+        if requeued or interrupted:
+            log.info("recovered jobs from the last run: %d queued again, %d marked interrupted", requeued,
+                     interrupted)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Let the running job finish; the queued ones stay queued for the next start. Stop the worker."""
+        with self._cond:
+            self._stopping = True
+            waiting = [(job_id, self._tickets.pop(job_id, None)) for job_id in self._pending]
+            self._pending.clear()
+            self._cond.notify_all()
+        for job_id, ticket in waiting:
+            job = self.store.get(job_id)
+            if job is not None and job.kind is JobKind.SYNC:
+                # Nobody will wait for it after the restart: fail it now instead of running it later.
+                job = self._finish(replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(),
+                                           failure=INTERRUPTED))
+            if ticket is not None:
+                ticket.job = job
+                ticket.done.set()
+        if self._started:
+            self._worker.join(timeout)
+
+    # -- submitting, waiting, cancelling ---------------------------------------------------------------
+
     def submit(self, job: Job) -> Job:
-        if self._stopping:
-            raise RuntimeError("the server is shutting down")
-        ticket = _Ticket()
-        with self._lock:
-            self._tickets[job.id] = ticket
-        self.store.add(job)
-        self._queue.put((job.id, ticket))
+        """Queue ``job``; raise :class:`QueueFull` when ``max_queued`` jobs already wait."""
+        with self._cond:
+            if self._stopping:
+                raise QueueFull(len(self._pending), self.retry_after())
+            if len(self._pending) >= self.max_queued:
+                raise QueueFull(len(self._pending), self.retry_after())
+            self.store.add(job)
+            self._tickets[job.id] = _Ticket()
+            self._pending.append(job.id)
+            self._cond.notify()
         return job
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
         """Block until the job has finished; return its final record (None on timeout)."""
-        with self._lock:
+        with self._cond:
             ticket = self._tickets.get(job_id)
         if ticket is None:
             job = self.store.get(job_id)
@@ -171,39 +246,81 @@ class JobQueue:
             return None
         return ticket.job
 
+    def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job | None:
+        """Cancel a queued job at once, or a running one at its next segment. Returns the job's record."""
+        with self._cond:
+            job = self.store.get(job_id)
+            if job is None or job.finished:
+                return job
+            if job_id in self._pending:
+                self._pending.remove(job_id)
+                ticket = self._tickets.pop(job_id, None)
+                job = self._finish(replace(job, status=JobStatus.CANCELLED, stage="done", completed_at=now(),
+                                           failure=JobFailure(reason, "cancelled", 409)))
+                if ticket is not None:
+                    ticket.job = job
+                    ticket.done.set()
+                return job
+            self._cancel.add(job_id)
+            return job
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return job_id in self._cancel
+
+    # -- the worker ------------------------------------------------------------------------------------
+
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            job_id, ticket = item
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job_id = self._pending.popleft()
+                ticket = self._tickets.get(job_id)
+                self._running = job_id
             job = self.store.get(job_id)
             try:
                 if job is not None:
                     job = self._run(job)
             finally:
-                ticket.job = job
-                ticket.done.set()
-                with self._lock:
+                with self._cond:
+                    self._running = None
+                    self._cancel.discard(job_id)
                     self._tickets.pop(job_id, None)
+                if ticket is not None:
+                    ticket.job = job
+                    ticket.done.set()
 
     def _run(self, job: Job) -> Job:
+        started = time.monotonic()
         job = replace(job, stage="running", started_at=now())
         self.store.update(job)
-        self._running = job.id
         try:
-            result, output_file = self._runner(job)
+            result, output_file = self._runner(job, JobControl(self, job.id))
             job = replace(job, status=JobStatus.COMPLETED, stage="done", completed_at=now(), result=result,
-                          output_file=output_file)
+                          output_file=output_file, progress=self._latest_progress(job))
         except Exception as exc:  # any failure fails this job, never the worker
-            failure = self._failure_of(exc)
-            if failure.http_status >= 500:
-                log.exception("job %s failed", job.id)
+            job = replace(job, stage="done", completed_at=now(), progress=self._latest_progress(job))
+            if self.cancel_requested(job.id):
+                job = replace(job, status=JobStatus.CANCELLED, failure=JobFailure(
+                    "cancelled while running", "cancelled", 409))
+                log.info("job %s cancelled", job.id)
             else:
-                log.info("job %s failed: %s", job.id, failure.message)
-            job = replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(), failure=failure)
-        finally:
-            self._running = None
+                failure = self._failure_of(exc)
+                if failure.http_status >= 500:
+                    log.error("job %s failed: %s", job.id, failure.message, exc_info=exc)
+                else:
+                    log.info("job %s failed: %s", job.id, failure.message)
+                job = replace(job, status=JobStatus.FAILED, failure=failure)
+        self._average_seconds = 0.8 * self._average_seconds + 0.2 * (time.monotonic() - started)
+        return self._finish(job)
+
+    def _latest_progress(self, job: Job) -> Progress:
+        stored = self.store.get(job.id)
+        return stored.progress if stored is not None else job.progress
+
+    def _finish(self, job: Job) -> Job:
         self.store.update(job)
         if self._on_finished is not None:
             try:
@@ -211,28 +328,3 @@ class JobQueue:
             except Exception:
                 log.exception("cleanup after job %s failed", job.id)
         return job
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Let the running job finish; fail the queued ones (nobody will run them); stop the worker."""
-        self._stopping = True
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                continue
-            job_id, ticket = item
-            job = self.store.get(job_id)
-            if job is not None:
-                job = replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(),
-                              failure=JobFailure("interrupted: the server shut down before this job ran",
-                                                 "interrupted", 503))
-                self.store.update(job)
-                if self._on_finished is not None:
-                    self._on_finished(job)
-            ticket.job = job
-            ticket.done.set()
-        if self._started:
-            self._queue.put(None)
-            self._worker.join(timeout)

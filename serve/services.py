@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from flask import current_app
 
@@ -14,7 +15,9 @@ from .checkpoint import resolve_checkpoint
 from .config import APP_DIR, Settings
 from .engine import QwenOmniEngine
 from .errors import failure_of
-from .jobs import InMemoryJobStore, Job, JobQueue, new_job_id
+from .janitor import Janitor
+from .job_store import SqliteJobStore
+from .jobs import Job, JobControl, JobKind, JobQueue, new_job_id
 from .model_manager import ModelManager
 from .outputs import OutputStore
 from .transcriber import Transcriber, TranscriptionParams
@@ -24,6 +27,7 @@ from .uploads import Upload
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "qwen_omni"
+JOB_DATABASE = "jobs.sqlite3"
 
 RENDERERS = {
     "txt": formats.to_txt,
@@ -47,10 +51,12 @@ class Services:
     transcriber: Transcriber
     jobs: JobQueue
     outputs: OutputStore
+    store: SqliteJobStore
+    janitor: Janitor
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        for folder in (settings.inputs_dir, settings.temp_dir, settings.outputs_dir):
+        for folder in (settings.inputs_dir, settings.temp_dir, settings.outputs_dir, settings.data_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
         models: ModelManager[QwenOmniEngine] = ModelManager(
             engine_loader(settings), unloader=QwenOmniEngine.close, idle_timeout=settings.idle_timeout,
@@ -58,21 +64,31 @@ class Services:
         )
         transcriber = Transcriber(models, opencc_config=settings.opencc_config, scratch_dir=settings.temp_dir)
         outputs = OutputStore(settings.outputs_dir)
+        store = SqliteJobStore(Path(settings.data_dir) / JOB_DATABASE)
 
-        def run(job: Job) -> tuple[Transcript, str]:
-            transcript = transcriber(job.input_path, job.params)
-            return transcript, outputs.save(RENDERERS[job.output_format](transcript), job.output_format)
+        def run(job: Job, control: JobControl) -> tuple[dict[str, Any], str]:
+            transcript = transcriber(job.input_path, TranscriptionParams(**job.params),
+                                     expected_duration=job.audio_duration, progress=control.report,
+                                     should_stop=control.should_stop)
+            name = outputs.save(RENDERERS[job.output_format](transcript), job.output_format)
+            return transcript.to_dict(), name
 
         def remove_input(job: Job) -> None:
             job.input_path.unlink(missing_ok=True)
 
-        jobs = JobQueue(InMemoryJobStore(), run, failure_of, on_finished=remove_input)
+        jobs = JobQueue(store, run, failure_of, max_queued=settings.queue_depth, on_finished=remove_input)
+        janitor = Janitor(store, inputs_dir=settings.inputs_dir, temp_dir=settings.temp_dir,
+                          outputs_dir=settings.outputs_dir, job_retention_hours=settings.job_retention_hours,
+                          output_retention_hours=settings.output_retention_hours)
         jobs.start()
-        return cls(settings=settings, models=models, transcriber=transcriber, jobs=jobs, outputs=outputs)
+        janitor.start()
+        return cls(settings=settings, models=models, transcriber=transcriber, jobs=jobs, outputs=outputs,
+                   store=store, janitor=janitor)
 
-    def submit(self, upload: Upload, params: TranscriptionParams, output_format: str) -> Job:
-        job = Job(id=new_job_id(), input_path=upload.path, filename=upload.filename, params=params,
-                  output_format=output_format)
+    def submit(self, upload: Upload, params: TranscriptionParams, output_format: str, kind: JobKind,
+               audio_duration: float | None) -> Job:
+        job = Job(id=new_job_id(), kind=kind, input_path=upload.path, filename=upload.filename,
+                  params=asdict(params), output_format=output_format, audio_duration=audio_duration)
         try:
             return self.jobs.submit(job)
         except Exception:
@@ -91,9 +107,15 @@ class Services:
         return thread
 
     def close(self) -> None:
+        self.janitor.stop()
         self.jobs.stop()
         self.models.close()
 
 
 def services() -> Services:
     return current_app.extensions[EXTENSION_KEY]
+
+
+def transcript_of(job: Job) -> Transcript:
+    assert job.result is not None
+    return Transcript.from_dict(job.result)

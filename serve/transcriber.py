@@ -7,6 +7,8 @@ the first segment that is not silence (a silent file never loads it) and held un
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +16,28 @@ from typing import Protocol
 
 import numpy as np
 
-from .audio import decode_segments
-from .engine import GenerationOptions
+from .audio import Segment, decode_segments
+from .engine import EngineOutOfMemory, GenerationOptions
 from .model_manager import ModelManager
-from .text import clean_transcript
+from .text import clean_transcript, join_pieces
 from .transcript import Piece, Transcript
 
 log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int | None, float], None]  # segments done, total (estimate), seconds done
+
+
+class TranscriptionStopped(Exception):
+    """The caller asked to stop (a cancelled job) between two segments."""
+
+
+class SegmentOutOfMemory(Exception):
+    """A segment did not fit in accelerator memory, even split in two."""
+
+    def __init__(self, segment: Segment) -> None:
+        super().__init__(f"out of memory on the segment at {segment.start:.1f}-{segment.end:.1f} s, "
+                         "even split in two")
+        self.segment = segment
 
 
 @dataclass(frozen=True)
@@ -50,21 +67,44 @@ class Transcriber:
         self.opencc_config = opencc_config
         self.scratch_dir = scratch_dir
 
-    def __call__(self, audio_path: Path, params: TranscriptionParams) -> Transcript:
+    def __call__(self, audio_path: Path, params: TranscriptionParams, *, expected_duration: float | None = None,
+                 progress: ProgressCallback | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Transcript:
         pieces: list[Piece] = []
         duration = 0.0
-        to_traditional = self.opencc_config if params.enable_s2t else None
+        total = math.ceil(expected_duration / params.segment_duration) if expected_duration else None
         with ExitStack() as held:
             engine: SpeechRecognizer | None = None
-            for segment in decode_segments(audio_path, params.segment_duration, self.scratch_dir):
+            for done, segment in enumerate(decode_segments(audio_path, params.segment_duration,
+                                                           self.scratch_dir), start=1):
+                if should_stop is not None and should_stop():
+                    raise TranscriptionStopped()
                 duration = segment.end
-                if segment.is_silent():
-                    continue  # nothing to hear: do not load or ask the model
-                if engine is None:
-                    # Held until the whole file is done, so the idle timer cannot unload between segments.
-                    engine = held.enter_context(self.models.use())
-                raw = engine.transcribe(segment.samples, params.generation)
-                text = clean_transcript(raw, to_traditional_config=to_traditional)
-                log.debug("segment %d [%.2f-%.2f]: %r", segment.index, segment.start, segment.end, text)
-                pieces.append(Piece(start=segment.start, end=segment.end, text=text))
+                if not segment.is_silent():  # silence: do not load or ask the model
+                    if engine is None:
+                        # Held until the whole file is done, so the idle timer cannot unload between segments.
+                        engine = held.enter_context(self.models.use())
+                    text = self._segment_text(engine, segment, params)
+                    log.debug("segment %d [%.2f-%.2f]: %r", segment.index, segment.start, segment.end, text)
+                    pieces.append(Piece(start=segment.start, end=segment.end, text=text))
+                if progress is not None:
+                    progress(done, max(total, done) if total else None, segment.end)
         return Transcript(pieces=tuple(pieces), duration=duration)
+
+    def _segment_text(self, engine: SpeechRecognizer, segment: Segment, params: TranscriptionParams) -> str:
+        to_traditional = self.opencc_config if params.enable_s2t else None
+
+        def clean(samples: np.ndarray) -> str:
+            return clean_transcript(engine.transcribe(samples, params.generation),
+                                    to_traditional_config=to_traditional)
+
+        try:
+            return clean(segment.samples)
+        except EngineOutOfMemory as first:
+            # Our batch is one segment, so the smaller batch is half a segment.
+            log.warning("out of memory at %.1f-%.1f s (%s): retrying in two halves", segment.start, segment.end,
+                        first)
+            try:
+                return join_pieces([clean(half) for half in np.array_split(segment.samples, 2)])
+            except EngineOutOfMemory as second:
+                raise SegmentOutOfMemory(segment) from second

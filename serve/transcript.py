@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .text import join_pieces
 
@@ -24,3 +25,13 @@ class Transcript:
     @property
     def text(self) -> str:
         return join_pieces([p.text for p in self.pieces])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, as stored with a job."""
+        return {"duration": self.duration,
+                "pieces": [{"start": p.start, "end": p.end, "text": p.text} for p in self.pieces]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Transcript:
+        return cls(pieces=tuple(Piece(p["start"], p["end"], p["text"]) for p in data["pieces"]),
+                   duration=data["duration"])

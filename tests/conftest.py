@@ -77,6 +77,7 @@ def settings_factory(tmp_path: Path, tiny_awq_checkpoint: Path):  # type: ignore
             "temp_dir": tmp_path / "temp",
             "outputs_dir": tmp_path / "outputs",
             "models_dir": tmp_path / "Qwen",
+            "data_dir": tmp_path / "data",
         }
         values.update(overrides)
         return Settings(**values)

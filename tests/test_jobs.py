@@ -1,110 +1,219 @@
-"""JobQueue and the in-memory store, with a test-double runner (the app tests run the real pipeline)."""
+"""JobQueue on the SQLite store, with test-double runners (the app tests run the real pipeline)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from serve.jobs import InMemoryJobStore, Job, JobFailure, JobQueue, JobStatus, new_job_id
+import pytest
+
+from serve.job_store import SqliteJobStore
+from serve.jobs import (
+    Job,
+    JobControl,
+    JobFailure,
+    JobKind,
+    JobQueue,
+    JobStatus,
+    Progress,
+    QueueFull,
+    new_job_id,
+)
 
 
 def failure_of(exc: BaseException) -> JobFailure:
     return JobFailure(str(exc), "test_failure", 500)
 
 
-def job(name: str = "a.mp3") -> Job:
-    return Job(id=new_job_id(), input_path=Path("/nonexistent") / name, filename=name, params=None)
+def job(tmp_path: Path, name: str = "a.mp3", kind: JobKind = JobKind.ASYNC) -> Job:
+    upload = tmp_path / f"upload-{new_job_id()}"
+    upload.write_bytes(b"audio")
+    return Job(id=new_job_id(), kind=kind, input_path=upload, filename=name, params={"segment_duration": 60})
 
 
-def test_jobs_run_in_order_one_at_a_time() -> None:
-    running = []
-    overlap = []
-    lock = threading.Lock()
+def quick(result: str = "ok"):  # type: ignore[no-untyped-def]
+    def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
+        return {"text": f"{result} {j.filename}"}, f"{j.filename}.txt"
 
-    def runner(j: Job):  # type: ignore[no-untyped-def]
-        with lock:
-            running.append(j.filename)
-            overlap.append(len(running) - len([r for r in running if r == "done"]))
-        time.sleep(0.02)
-        return f"result of {j.filename}", f"{j.filename}.txt"
+    return runner
 
-    queue = JobQueue(InMemoryJobStore(), runner, failure_of)
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteJobStore:
+    return SqliteJobStore(tmp_path / "jobs.sqlite3")
+
+
+def test_store_round_trips_every_field(store: SqliteJobStore, tmp_path: Path) -> None:
+    original = replace(job(tmp_path, "会议.mp3"), audio_duration=12.5, status=JobStatus.FAILED, stage="done",
+                       started_at=datetime.now(), completed_at=datetime.now(), progress=Progress(2, 3, 8.0),
+                       result={"pieces": [{"text": "你好"}]}, output_file="x.txt",
+                       failure=JobFailure("bad", "code", 415))
+    store.add(original)
+    assert store.get(original.id) == original
+    assert store.get("missing") is None
+
+
+def test_jobs_run_in_order_one_at_a_time(store: SqliteJobStore, tmp_path: Path) -> None:
+    order = []
+
+    def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
+        order.append(j.filename)
+        time.sleep(0.01)
+        return {"n": j.filename}, None
+
+    queue = JobQueue(store, runner, failure_of)
     queue.start()
-    jobs = [queue.submit(job(f"{i}.mp3")) for i in range(5)]
+    jobs = [queue.submit(job(tmp_path, f"{i}.mp3")) for i in range(5)]
     finished = [queue.wait(j.id, timeout=5) for j in jobs]
     assert [f.status for f in finished] == [JobStatus.COMPLETED] * 5
-    assert running == [f"{i}.mp3" for i in range(5)]
-    assert [f.result for f in finished] == [f"result of {i}.mp3" for i in range(5)]
-    assert all(f.started_at and f.completed_at and f.completed_at >= f.started_at for f in finished)
+    assert order == [f"{i}.mp3" for i in range(5)]
+    assert [store.get(j.id).result for j in jobs] == [{"n": f"{i}.mp3"} for i in range(5)]
     queue.stop()
 
 
-def test_a_failing_job_fails_alone() -> None:
-    def runner(j: Job):  # type: ignore[no-untyped-def]
+def test_a_failing_job_fails_alone(store: SqliteJobStore, tmp_path: Path) -> None:
+    def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
         if j.filename == "bad.mp3":
             raise ValueError("boom")
-        return "ok", None
+        return {}, None
 
-    finished_hook = []
-    queue = JobQueue(InMemoryJobStore(), runner, failure_of, on_finished=finished_hook.append)
+    finished_hook: list[Job] = []
+    queue = JobQueue(store, runner, failure_of, on_finished=finished_hook.append)
     queue.start()
-    bad, good = queue.submit(job("bad.mp3")), queue.submit(job("good.mp3"))
-    assert queue.wait(bad.id, 5).status is JobStatus.FAILED
+    bad, good = queue.submit(job(tmp_path, "bad.mp3")), queue.submit(job(tmp_path, "good.mp3"))
     assert queue.wait(bad.id, 5).failure == JobFailure("boom", "test_failure", 500)
     assert queue.wait(good.id, 5).status is JobStatus.COMPLETED
     assert [j.filename for j in finished_hook] == ["bad.mp3", "good.mp3"]
-    assert queue.store.get(bad.id).status is JobStatus.FAILED
     queue.stop()
 
 
-def test_status_is_processing_while_queued_and_running() -> None:
+def test_queue_is_bounded(store: SqliteJobStore, tmp_path: Path) -> None:
     gate = threading.Event()
 
-    def runner(j: Job):  # type: ignore[no-untyped-def]
+    def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
         gate.wait(5)
-        return "ok", None
+        return {}, None
 
-    queue = JobQueue(InMemoryJobStore(), runner, failure_of)
+    queue = JobQueue(store, runner, failure_of, max_queued=2)
     queue.start()
-    first, second = queue.submit(job()), queue.submit(job())
-    deadline = time.monotonic() + 2
-    while queue.store.get(first.id).stage != "running" and time.monotonic() < deadline:
+    first = queue.submit(job(tmp_path))
+    while queue.running_job != first.id:
         time.sleep(0.01)
-    assert queue.store.get(first.id).status is JobStatus.PROCESSING and queue.store.get(first.id).stage == "running"
-    assert queue.store.get(second.id).stage == "queued" and queue.depth == 1
-    assert queue.running_job == first.id
+    queue.submit(job(tmp_path))
+    queue.submit(job(tmp_path))
+    with pytest.raises(QueueFull) as exc:
+        queue.submit(job(tmp_path))
+    assert exc.value.retry_after >= 1 and queue.depth == 2
     gate.set()
-    assert queue.wait(second.id, 5).status is JobStatus.COMPLETED
     queue.stop()
 
 
-def test_stop_finishes_the_running_job_and_fails_the_queued_ones() -> None:
+def test_progress_reports_reach_the_store(store: SqliteJobStore, tmp_path: Path) -> None:
+    def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
+        for i in range(1, 4):
+            control.report(i, 3, i * 10.0)
+        return {}, None
+
+    queue = JobQueue(store, runner, failure_of)
+    queue.start()
+    submitted = queue.submit(job(tmp_path))
+    assert queue.wait(submitted.id, 5).progress == Progress(3, 3, 30.0)
+    queue.stop()
+
+
+def test_cancel_a_queued_job_at_once_and_a_running_one_between_segments(store: SqliteJobStore,
+                                                                       tmp_path: Path) -> None:
+    segments = []
+
+    def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
+        for i in range(200):
+            if control.should_stop():
+                raise RuntimeError("stopped")
+            segments.append(i)
+            time.sleep(0.01)
+        return {}, None
+
+    removed: list[Job] = []
+    queue = JobQueue(store, runner, failure_of, on_finished=removed.append)
+    queue.start()
+    running, waiting = queue.submit(job(tmp_path)), queue.submit(job(tmp_path))
+    while queue.running_job != running.id:
+        time.sleep(0.01)
+    cancelled = queue.cancel(waiting.id)
+    assert cancelled.status is JobStatus.CANCELLED and queue.depth == 0
+    assert queue.cancel(running.id).status is JobStatus.PROCESSING  # stops at its next segment
+    final = queue.wait(running.id, 5)
+    assert final.status is JobStatus.CANCELLED and len(segments) < 200
+    assert {j.id for j in removed} == {running.id, waiting.id}  # both uploads cleaned up
+    assert queue.cancel("unknown") is None
+    queue.stop()
+
+
+def test_restart_requeues_waiting_async_jobs_and_marks_interrupted_ones(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    gate = threading.Event()
+
+    def blocked(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
+        gate.wait(10)
+        return {}, None
+
+    first = JobQueue(SqliteJobStore(path), blocked, failure_of)
+    first.start()
+    running = first.submit(job(tmp_path, "running.mp3"))
+    while first.running_job != running.id:
+        time.sleep(0.01)
+    waiting_async = first.submit(job(tmp_path, "queued.mp3"))
+    waiting_sync = first.submit(job(tmp_path, "sync.mp3", JobKind.SYNC))
+    done = job(tmp_path, "done.mp3")
+    first.store.add(replace(done, status=JobStatus.COMPLETED, stage="done", completed_at=datetime.now(),
+                            result={"pieces": []}, output_file="done.txt"))
+    # The process "dies": no stop(), the running job never finishes in this store.
+
+    ran = []
+    second = JobQueue(SqliteJobStore(path), lambda j, c: (ran.append(j.filename) or ({}, None)), failure_of)
+    second.start()
+    assert second.wait(waiting_async.id, 5).status is JobStatus.COMPLETED and ran == ["queued.mp3"]
+    interrupted = second.store.get(running.id)
+    assert interrupted.status is JobStatus.FAILED and interrupted.failure.code == "interrupted"
+    assert "interrupted" in interrupted.failure.message
+    assert second.store.get(waiting_sync.id).failure.code == "interrupted"  # its client is gone
+    assert second.store.get(done.id).status is JobStatus.COMPLETED  # results stay retrievable
+    gate.set()
+    second.stop()
+
+
+def test_stop_leaves_async_jobs_queued_and_fails_waiting_sync_ones(store: SqliteJobStore, tmp_path: Path) -> None:
     started = threading.Event()
 
-    def runner(j: Job):  # type: ignore[no-untyped-def]
+    def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
         started.set()
         time.sleep(0.3)
-        return "ok", None
+        return {}, None
 
-    queue = JobQueue(InMemoryJobStore(), runner, failure_of)
+    queue = JobQueue(store, runner, failure_of)
     queue.start()
-    running, waiting = queue.submit(job()), queue.submit(job())
+    running = queue.submit(job(tmp_path))
     started.wait(2)
+    later, sync = queue.submit(job(tmp_path)), queue.submit(job(tmp_path, kind=JobKind.SYNC))
     queue.stop(timeout=5)
-    assert queue.store.get(running.id).status is JobStatus.COMPLETED
-    interrupted = queue.store.get(waiting.id)
-    assert interrupted.status is JobStatus.FAILED and interrupted.failure.code == "interrupted"
+    assert store.get(running.id).status is JobStatus.COMPLETED
+    assert store.get(later.id).status is JobStatus.PROCESSING and store.get(later.id).stage == "queued"
+    assert store.get(sync.id).failure.code == "interrupted"
+    with pytest.raises(QueueFull):
+        queue.submit(job(tmp_path))
 
 
-def test_store_forgets_only_old_finished_jobs() -> None:
-    store = InMemoryJobStore(max_finished=2)
-    jobs = [job(str(i)) for i in range(4)]
-    for j in jobs:
-        store.add(j)
-    from dataclasses import replace
-
-    for j in jobs[:3]:
-        store.update(replace(j, status=JobStatus.COMPLETED))
-    assert store.get(jobs[0].id) is None
-    assert store.get(jobs[1].id) and store.get(jobs[2].id) and store.get(jobs[3].id)
+def test_listing_and_expiry(store: SqliteJobStore, tmp_path: Path) -> None:
+    old = replace(job(tmp_path), status=JobStatus.COMPLETED, stage="done",
+                  created_at=datetime.now() - timedelta(days=10), completed_at=datetime.now() - timedelta(days=9))
+    new = job(tmp_path)
+    store.add(old)
+    store.add(new)
+    assert [j.id for j in store.list()] == [new.id, old.id]
+    assert [j.id for j in store.list(status=JobStatus.COMPLETED)] == [old.id]
+    assert [j.id for j in store.finished_before(datetime.now() - timedelta(days=7))] == [old.id]
+    store.delete([old.id])
+    assert store.get(old.id) is None and store.count() == 1

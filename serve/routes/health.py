@@ -37,5 +37,6 @@ def health():  # type: ignore[no-untyped-def]
         checkpoint=s.settings.checkpoint_path,
         idle_timeout=s.settings.idle_timeout,
         queue_depth=s.jobs.depth,
+        queue_capacity=s.jobs.max_queued,
         running_job=s.jobs.running_job,
     )

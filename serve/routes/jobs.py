@@ -1,35 +1,56 @@
-"""GET /status/<job_id>: the state of an async job, in the guide's shape."""
+"""GET /status/<job_id> (the guide's), GET /jobs, DELETE /jobs/<job_id>."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
-from ..errors import NotFound
-from ..jobs import JobStatus
+from ..errors import Conflict, InvalidParameter, NotFound
+from ..jobs import Job, JobStatus
 from ..services import services
-from .common import iso
+from .common import job_body
 
 bp = Blueprint("jobs", __name__)
+
+MAX_PAGE = 500
+
+
+def _job(job_id: str) -> Job:
+    job = services().store.get(job_id)
+    if job is None:
+        raise NotFound(f"no job with id {job_id[:64]!r} (it may have expired)", param="job_id")
+    return job
 
 
 @bp.get("/status/<job_id>")
 def job_status(job_id: str):  # type: ignore[no-untyped-def]
-    job = services().jobs.store.get(job_id)
-    if job is None:
-        raise NotFound(f"no job with id {job_id[:64]!r}", param="job_id")
-    body = {
-        "job_id": job.id,
-        "status": job.status.value,
-        "filename": job.filename,
-        "created_at": iso(job.created_at),
-    }
-    if job.status is JobStatus.PROCESSING:
-        body["stage"] = job.stage
-        body["started_at"] = iso(job.started_at)
-    elif job.status is JobStatus.COMPLETED:
-        body.update(transcription=job.result.text, output_file=job.output_file,
-                    completed_at=iso(job.completed_at), duration=round(job.result.duration, 3))
-    else:
-        assert job.failure is not None
-        body.update(error=job.failure.message, code=job.failure.code, completed_at=iso(job.completed_at))
+    return jsonify(job_body(_job(job_id)))
+
+
+@bp.get("/jobs")
+def list_jobs():  # type: ignore[no-untyped-def]
+    status = request.args.get("status")
+    try:
+        wanted = JobStatus(status) if status else None
+    except ValueError:
+        raise InvalidParameter(f"status must be one of {', '.join(s.value for s in JobStatus)}",
+                               param="status") from None
+    try:
+        limit = int(request.args.get("limit", 50))
+        offset = int(request.args.get("offset", 0))
+    except ValueError:
+        raise InvalidParameter("limit and offset must be whole numbers", param="limit") from None
+    if not (1 <= limit <= MAX_PAGE and offset >= 0):
+        raise InvalidParameter(f"limit must be 1 to {MAX_PAGE} and offset 0 or more", param="limit")
+    jobs = services().store.list(status=wanted, limit=limit, offset=offset)
+    return jsonify(jobs=[job_body(j, with_result=False) for j in jobs], limit=limit, offset=offset)
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str):  # type: ignore[no-untyped-def]
+    job = _job(job_id)
+    if job.finished:
+        raise Conflict(f"job {job_id} has already finished ({job.status.value})", param="job_id")
+    job = services().jobs.cancel(job_id) or job
+    body = job_body(job)
+    body["cancel_requested"] = True  # a running job stops at its next segment
     return jsonify(body)

@@ -3,51 +3,81 @@
 from __future__ import annotations
 
 import io
+import logging
+import select
+import socket
 
-from flask import Blueprint, jsonify, request, send_file, url_for
+from flask import Blueprint, g, jsonify, request, send_file, url_for
 
 from .. import formats
 from ..audio import UndecodableAudio, probe
-from ..errors import APIError, JobFailed, UnsupportedMedia
-from ..jobs import Job, JobStatus
+from ..errors import APIError, JobFailed, QueueFullError, UnsupportedMedia
+from ..jobs import Job, JobKind, JobStatus, QueueFull
 from ..params import parse_params
-from ..services import RENDERERS, services
-from ..transcriber import TranscriptionParams
-from ..uploads import Upload, content_disposition, download_name, take_upload
-from .common import now_iso
+from ..services import RENDERERS, services, transcript_of
+from ..uploads import content_disposition, download_name, take_upload
+from .common import job_body, now_iso
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("transcribe", __name__)
 
 _MIMETYPES = {"txt": "text/plain", "srt": "application/x-subrip"}
+# How often a waiting synchronous request checks that its client is still there.
+DISCONNECT_POLL_SECONDS = 0.5
 
 
-def _accept() -> tuple[Upload, TranscriptionParams]:
-    """Validate the parameters, claim the upload and check that ffmpeg can read it."""
+def client_disconnected(environ: dict) -> bool:
+    """True when the client closed its connection (the socket reads as end-of-file)."""
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    if not isinstance(sock, socket.socket):
+        return False  # no socket to look at (e.g. the test client): assume the client waits
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _submit(output_format: str, kind: JobKind) -> Job:
+    """Validate the parameters, claim the upload, check that ffmpeg can read it, queue the job."""
     params = parse_params(request.form, services().settings)
     upload = take_upload(request)  # type: ignore[arg-type]
     try:
-        probe(upload.path)
+        info = probe(upload.path)
     except UndecodableAudio as exc:
         upload.path.unlink(missing_ok=True)
         raise UnsupportedMedia(f"the file could not be decoded as audio: {exc.reason}", param="file") from exc
-    return upload, params
+    g.audio_seconds = info.duration
+    try:
+        job = services().submit(upload, params, output_format, kind, info.duration)
+    except QueueFull as exc:
+        raise QueueFullError(f"{exc}; retry in about {exc.retry_after} s",
+                             headers={"Retry-After": str(exc.retry_after)}) from exc
+    g.job_id = job.id
+    return job
 
 
 def _transcribe_now(output_format: str) -> Job:
-    upload, params = _accept()
-    s = services()
-    job = s.submit(upload, params, output_format)
-    finished = s.jobs.wait(job.id)
-    if finished is None:  # the worker was stopped under us (shutdown)
+    job = _submit(output_format, JobKind.SYNC)
+    jobs = services().jobs
+    environ = request.environ
+    while (finished := jobs.wait(job.id, timeout=DISCONNECT_POLL_SECONDS)) is None:
+        if client_disconnected(environ):
+            log.info("client of job %s disconnected: cancelling it", job.id)
+            jobs.cancel(job.id, "the client disconnected")
+            finished = jobs.wait(job.id)
+            break
+    if finished is None:  # the worker stopped under us (shutdown)
         raise APIError("the server is shutting down")
-    if finished.status is JobStatus.FAILED:
+    if finished.status is not JobStatus.COMPLETED:
         assert finished.failure is not None
         raise JobFailed(finished.failure)
     return finished
 
 
 def _attachment(job: Job, extension: str):  # type: ignore[no-untyped-def]
-    body = RENDERERS[extension](job.result).encode("utf-8")
+    body = RENDERERS[extension](transcript_of(job)).encode("utf-8")
     response = send_file(io.BytesIO(body), mimetype=_MIMETYPES[extension])
     response.headers["Content-Disposition"] = content_disposition(download_name(job.filename, extension))
     response.headers["X-Output-File"] = job.output_file or ""
@@ -57,14 +87,16 @@ def _attachment(job: Job, extension: str):  # type: ignore[no-untyped-def]
 @bp.post("/transcribe/json")
 def transcribe_json():  # type: ignore[no-untyped-def]
     job = _transcribe_now("txt")
+    transcript = transcript_of(job)
     return jsonify(
         status="success",
-        transcription=job.result.text,
+        transcription=transcript.text,
         output_file=job.output_file,
         timestamp=now_iso(),
+        job_id=job.id,
         filename=job.filename,
-        duration=round(job.result.duration, 3),
-        segments=formats.to_segments(job.result),
+        duration=round(transcript.duration, 3),
+        segments=formats.to_segments(transcript),
     )
 
 
@@ -80,10 +112,9 @@ def transcribe_srt():  # type: ignore[no-untyped-def]
 
 @bp.post("/transcribe/async")
 def transcribe_async():  # type: ignore[no-untyped-def]
-    upload, params = _accept()
-    job = services().submit(upload, params, "txt")
+    job = _submit("txt", JobKind.ASYNC)
     status_url = url_for("jobs.job_status", job_id=job.id)
-    response = jsonify(job_id=job.id, status=job.status.value, status_url=status_url, created_at=now_iso())
+    response = jsonify({**job_body(job), "status_url": status_url})
     response.status_code = 202
     response.headers["Location"] = status_url
     return response

@@ -51,10 +51,11 @@ def test_gpu_reservation(awq: dict) -> None:
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
 
 
-def test_volumes_for_models_outputs_and_hub_cache(awq: dict) -> None:
+def test_volumes_for_models_outputs_jobs_and_hub_cache(awq: dict) -> None:
     mounts = {v["target"]: v for v in awq["volumes"]}
     assert mounts["/app/Qwen"]["source"] == str(ROOT / "Qwen")
     assert mounts["/app/outputs"]["source"] == str(ROOT / "outputs")
+    assert mounts["/app/data"]["source"] == str(ROOT / "data")  # the job table survives the container
     assert mounts["/home/app/.cache/huggingface"]["type"] == "volume"
 
 

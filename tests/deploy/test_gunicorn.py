@@ -62,6 +62,7 @@ def start(root: Path, checkpoint: Path, extra_env: dict[str, str] | None = None)
         "QWEN_OMNI_INPUTS_DIR": str(root / "inputs"),
         "QWEN_OMNI_TEMP_DIR": str(root / "temp"),
         "QWEN_OMNI_OUTPUTS_DIR": str(root / "outputs"),
+        "QWEN_OMNI_DATA_DIR": str(root / "data"),
         "QWEN_OMNI_MAX_NEW_TOKENS": "16",  # random weights never stop on their own
         **(extra_env or {}),
     })

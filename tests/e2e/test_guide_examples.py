@@ -62,6 +62,7 @@ def start_server(root: Path, *args: str) -> Server:
     command = [sys.executable, str(ENTRY), "--host", "127.0.0.1", "--port", str(port),
                "--models-dir", str(root / "Qwen"), "--inputs-dir", str(root / "inputs"),
                "--temp-dir", str(root / "temp"), "--outputs-dir", str(root / "outputs"),
+               "--data-dir", str(root / "data"),
                "--max-new-tokens", str(TEST_MAX_NEW_TOKENS), *args]
     with log.open("w") as log_file:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT)

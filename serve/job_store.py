@@ -1,0 +1,153 @@
+"""The job table in SQLite: an embedded file under the data folder, so jobs survive restarts.
+
+One connection, serialised by a lock (the worker writes progress, request threads read), in WAL mode
+so readers are not blocked by the writer on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .jobs import Job, JobFailure, JobKind, JobStatus, Progress
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    input_path TEXT NOT NULL,
+    output_format TEXT NOT NULL,
+    params TEXT NOT NULL,
+    audio_duration REAL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    completed_at TEXT,
+    segments_done INTEGER NOT NULL DEFAULT 0,
+    segments_total INTEGER,
+    audio_seconds_done REAL NOT NULL DEFAULT 0,
+    result TEXT,
+    output_file TEXT,
+    error TEXT,
+    error_code TEXT,
+    error_status INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_completion ON jobs (completed_at);
+"""
+
+_COLUMNS = ("id", "kind", "status", "stage", "filename", "input_path", "output_format", "params",
+            "audio_duration", "created_at", "started_at", "completed_at", "segments_done", "segments_total",
+            "audio_seconds_done", "result", "output_file", "error", "error_code", "error_status")
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _row(job: Job) -> tuple[Any, ...]:
+    failure = job.failure
+    return (
+        job.id, job.kind.value, job.status.value, job.stage, job.filename, str(job.input_path), job.output_format,
+        json.dumps(job.params), job.audio_duration, _time(job.created_at), _time(job.started_at),
+        _time(job.completed_at), job.progress.segments_done, job.progress.segments_total,
+        job.progress.audio_seconds_done, json.dumps(job.result, ensure_ascii=False) if job.result is not None
+        else None, job.output_file, failure.message if failure else None, failure.code if failure else None,
+        failure.http_status if failure else None,
+    )
+
+
+def _job(row: sqlite3.Row) -> Job:
+    failure = None
+    if row["error"] is not None:
+        failure = JobFailure(row["error"], row["error_code"], row["error_status"])
+    return Job(
+        id=row["id"],
+        kind=JobKind(row["kind"]),
+        input_path=Path(row["input_path"]),
+        filename=row["filename"],
+        params=json.loads(row["params"]),
+        output_format=row["output_format"],
+        audio_duration=row["audio_duration"],
+        status=JobStatus(row["status"]),
+        stage=row["stage"],
+        created_at=_parse_time(row["created_at"]),  # type: ignore[arg-type]
+        started_at=_parse_time(row["started_at"]),
+        completed_at=_parse_time(row["completed_at"]),
+        progress=Progress(row["segments_done"], row["segments_total"], row["audio_seconds_done"]),
+        result=json.loads(row["result"]) if row["result"] is not None else None,
+        output_file=row["output_file"],
+        failure=failure,
+    )
+
+
+class SqliteJobStore:
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    def add(self, job: Job) -> None:
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        self._query(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", _row(job))
+
+    def update(self, job: Job) -> None:
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        self._query(f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", _row(job))
+
+    def update_progress(self, job_id: str, progress: Progress) -> None:
+        self._query("UPDATE jobs SET segments_done = ?, segments_total = ?, audio_seconds_done = ? WHERE id = ?",
+                    (*asdict(progress).values(), job_id))
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def list(self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
+        where, args = ("WHERE status = ?", [status.value]) if status else ("", [])
+        rows = self._query(f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ? OFFSET ?",
+                           [*args, limit, offset])
+        return [_job(r) for r in rows]
+
+    def unfinished(self) -> list[Job]:
+        return [_job(r) for r in self._query("SELECT * FROM jobs WHERE status = ?", (JobStatus.PROCESSING.value,))]
+
+    def finished_before(self, moment: datetime) -> list[Job]:
+        rows = self._query("SELECT * FROM jobs WHERE status != ? AND completed_at < ?",
+                           (JobStatus.PROCESSING.value, moment.isoformat()))
+        return [_job(r) for r in rows]
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if ids:
+            self._query(f"DELETE FROM jobs WHERE id IN ({', '.join('?' for _ in ids)})", ids)
+
+    def count(self) -> int:
+        return self._query("SELECT COUNT(*) FROM jobs")[0][0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
