@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     # HTTP
     server: Literal["werkzeug", "gunicorn"] = Field(
         "werkzeug", description="HTTP server: werkzeug (development) or gunicorn (production; the Docker image's)")
-    threads: int = Field(16, ge=2, le=256, description="gunicorn request threads (one process, one model)")
+    threads: int | None = Field(None, ge=2, le=1024, description="gunicorn request threads (one process, one "
+                                                                 "model); default: queue depth + 32")
     graceful_timeout: float = Field(300.0, ge=0, description="seconds a shutdown waits for the running "
                                                               "transcription before stopping anyway")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
@@ -124,6 +125,11 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not a rate limit ({exc}); use e.g. 60/minute") from None
         return value
+
+    @property
+    def request_threads(self) -> int:
+        """Enough threads for every waiting synchronous client plus room for /health and status polls."""
+        return self.threads or self.queue_depth + 32
 
     @property
     def api_keys(self) -> list[str]:

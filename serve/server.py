@@ -58,13 +58,13 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "bind": f"{host}:{settings.port}",
         "workers": 1,  # the model must live in exactly one process
         "worker_class": "gthread",
-        "threads": settings.threads,
+        "threads": settings.request_threads,
         "timeout": WORKER_HEARTBEAT_TIMEOUT,
         "graceful_timeout": math.ceil(settings.graceful_timeout),
         "keepalive": 5,
         "max_requests": 0,  # never recycle the worker: that would drop the loaded model
         "preload_app": False,  # build the app (threads, model manager) in the worker, not the master
-        "accesslog": "-",
+        "accesslog": None,  # serve.access logs every request as JSON already
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "proc_name": "qwen2.5-omni-transcribe",

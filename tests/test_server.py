@@ -16,5 +16,10 @@ def test_one_worker_with_threads_and_no_recycling() -> None:
     assert callable(options["worker_exit"])
 
 
+def test_threads_cover_a_full_queue_of_waiting_clients() -> None:
+    assert gunicorn_options(Settings(queue_depth=32))["threads"] == 64
+    assert gunicorn_options(Settings(queue_depth=100))["threads"] == 132
+
+
 def test_ipv6_hosts_are_bracketed() -> None:
     assert gunicorn_options(Settings(host="::", port=8080))["bind"] == "[::]:8080"
