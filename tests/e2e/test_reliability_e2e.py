@@ -1,0 +1,84 @@
+"""Over real HTTP: a synchronous client that hangs up frees its queued work; queued jobs survive a restart."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+
+from tests.conftest import folder_is_empty
+from tests.e2e.test_guide_examples import Server, start_server
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def jobs(server: Server) -> dict[str, dict]:
+    return {j["job_id"]: j for j in requests.get(f"{server.url}/jobs", timeout=5).json()["jobs"]}
+
+
+def submit_long_job(server: Server, audio_dir: Path) -> str:
+    with open(audio_dir / "long_tone.wav", "rb") as f:
+        return requests.post(f"{server.url}/transcribe/async", files={"file": f},
+                             data={"segment_duration": "1", "max_new_tokens": "96"}, timeout=30).json()["job_id"]
+
+
+def test_disconnected_sync_client_frees_its_queued_job(tmp_path: Path, tiny_awq_checkpoint: Path,
+                                                       audio_dir: Path) -> None:
+    shutil.copytree(tiny_awq_checkpoint, tmp_path / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
+    server = start_server(tmp_path, "--local-model")
+    try:
+        blocker = submit_long_job(server, audio_dir)
+        wait_for(lambda: jobs(server)[blocker]["stage"] == "running")
+        audio = (audio_dir / "speech.wav").read_bytes()
+        boundary = "xYzBoundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+                f"Content-Type: audio/wav\r\n\r\n").encode() + audio + f"\r\n--{boundary}--\r\n".encode()
+        url = urlparse(server.url)
+        client = socket.create_connection((url.hostname, url.port))
+        client.sendall((f"POST /transcribe/json HTTP/1.1\r\nHost: {url.hostname}\r\n"
+                        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        wait_for(lambda: len(jobs(server)) == 2)
+        (sync_id,) = [i for i in jobs(server) if i != blocker]
+        assert jobs(server)[sync_id]["stage"] == "queued"
+        client.close()  # the client gives up
+        wait_for(lambda: jobs(server)[sync_id]["status"] == "cancelled", timeout=10)
+        assert jobs(server)[blocker]["status"] == "processing"  # other work is untouched
+        assert "disconnected" in requests.get(f"{server.url}/status/{sync_id}", timeout=5).json()["error"]
+        wait_for(lambda: jobs(server)[blocker]["status"] == "completed", timeout=60)
+        assert folder_is_empty(tmp_path / "inputs")
+    finally:
+        assert server.stop() == 0
+
+
+def test_queued_jobs_survive_a_restart(tmp_path: Path, tiny_awq_checkpoint: Path, audio_dir: Path) -> None:
+    shutil.copytree(tiny_awq_checkpoint, tmp_path / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
+    first = start_server(tmp_path, "--local-model")
+    running = submit_long_job(first, audio_dir)
+    wait_for(lambda: jobs(first)[running]["stage"] == "running")
+    with open(audio_dir / "speech.mp3", "rb") as f:
+        queued = requests.post(f"{first.url}/transcribe/async", files={"file": f}, timeout=30).json()["job_id"]
+    assert first.stop() == 0  # graceful: the running job finishes, the queued one waits for the next start
+    assert not folder_is_empty(tmp_path / "inputs")  # the queued job's upload is kept for it
+
+    second = start_server(tmp_path, "--local-model")
+    try:
+        finished = requests.get(f"{second.url}/status/{running}", timeout=5).json()
+        assert finished["status"] == "completed" and finished["transcription"]
+        wait_for(lambda: requests.get(f"{second.url}/status/{queued}", timeout=5).json()["status"] != "processing")
+        assert requests.get(f"{second.url}/status/{queued}", timeout=5).json()["status"] == "completed"
+        assert folder_is_empty(tmp_path / "inputs")
+    finally:
+        assert second.stop() == 0
