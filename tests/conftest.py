@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +120,19 @@ def services_of(app):  # type: ignore[no-untyped-def]
     from serve.services import EXTENSION_KEY
 
     return app.extensions[EXTENSION_KEY]
+
+
+def form_upload(path: Path, name: str | None = None, **fields: str) -> dict:
+    """Multipart form data for Flask's test client: the file at ``path`` (sent as ``name``) and fields."""
+    return {"file": (io.BytesIO(path.read_bytes()), name or path.name), **fields}
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
 
 
 def folder_is_empty(path: Path) -> bool:

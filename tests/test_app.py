@@ -15,10 +15,7 @@ import srt
 
 from serve.text import to_traditional
 from tests.conftest import folder_is_empty, services_of
-
-
-def upload(path: Path, name: str | None = None, **fields: str) -> dict:
-    return {"file": (io.BytesIO(path.read_bytes()), name or path.name), **fields}
+from tests.conftest import form_upload as upload
 
 
 def assert_no_leftovers(app) -> None:  # type: ignore[no-untyped-def]

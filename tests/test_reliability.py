@@ -6,9 +6,7 @@ everything around it (routes, queue, store, pipeline, decoding) is the real code
 
 from __future__ import annotations
 
-import io
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,11 +14,8 @@ import numpy as np
 
 from serve.engine import EngineOutOfMemory
 from serve.jobs import JobStatus
-from tests.conftest import folder_is_empty, services_of
-
-
-def upload(path: Path, **fields: str) -> dict:
-    return {"file": (io.BytesIO(path.read_bytes()), path.name), **fields}
+from tests.conftest import folder_is_empty, services_of, wait_until
+from tests.conftest import form_upload as upload
 
 
 class GatedRecognizer:
@@ -52,13 +47,6 @@ class OutOfMemoryRecognizer:
 
 def use_engine(app, engine) -> None:  # type: ignore[no-untyped-def]
     services_of(app).models._loader = lambda: engine
-
-
-def wait_until(predicate, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_full_queue_is_503_with_retry_after(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]

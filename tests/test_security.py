@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import form_upload
+
 
 def upload(path: Path) -> dict:
-    return {"file": (io.BytesIO(path.read_bytes()), "secret-meeting.wav")}
+    return form_upload(path, "secret-meeting.wav")
 
 
 def test_api_key_is_required_except_for_health(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]

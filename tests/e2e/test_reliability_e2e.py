@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import shutil
 import socket
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import requests
 
-from tests.conftest import folder_is_empty
+from tests.conftest import folder_is_empty, wait_until
 from tests.e2e.test_guide_examples import Server, start_server
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def jobs(server: Server) -> dict[str, dict]:
@@ -40,7 +32,7 @@ def test_disconnected_sync_client_frees_its_queued_job(tmp_path: Path, tiny_awq_
     server = start_server(tmp_path, "--local-model")
     try:
         blocker = submit_long_job(server, audio_dir)
-        wait_for(lambda: jobs(server)[blocker]["stage"] == "running")
+        wait_until(lambda: jobs(server)[blocker]["stage"] == "running")
         audio = (audio_dir / "speech.wav").read_bytes()
         boundary = "xYzBoundary"
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
@@ -50,14 +42,14 @@ def test_disconnected_sync_client_frees_its_queued_job(tmp_path: Path, tiny_awq_
         client.sendall((f"POST /transcribe/json HTTP/1.1\r\nHost: {url.hostname}\r\n"
                         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-        wait_for(lambda: len(jobs(server)) == 2)
+        wait_until(lambda: len(jobs(server)) == 2)
         (sync_id,) = [i for i in jobs(server) if i != blocker]
         assert jobs(server)[sync_id]["stage"] == "queued"
         client.close()  # the client gives up
-        wait_for(lambda: jobs(server)[sync_id]["status"] == "cancelled", timeout=10)
+        wait_until(lambda: jobs(server)[sync_id]["status"] == "cancelled", timeout=10)
         assert jobs(server)[blocker]["status"] == "processing"  # other work is untouched
         assert "disconnected" in requests.get(f"{server.url}/status/{sync_id}", timeout=5).json()["error"]
-        wait_for(lambda: jobs(server)[blocker]["status"] == "completed", timeout=60)
+        wait_until(lambda: jobs(server)[blocker]["status"] == "completed", timeout=60)
         assert folder_is_empty(tmp_path / "inputs")
     finally:
         assert server.stop() == 0
@@ -67,7 +59,7 @@ def test_queued_jobs_survive_a_restart(tmp_path: Path, tiny_awq_checkpoint: Path
     shutil.copytree(tiny_awq_checkpoint, tmp_path / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
     first = start_server(tmp_path, "--local-model")
     running = submit_long_job(first, audio_dir)
-    wait_for(lambda: jobs(first)[running]["stage"] == "running")
+    wait_until(lambda: jobs(first)[running]["stage"] == "running")
     with open(audio_dir / "speech.mp3", "rb") as f:
         queued = requests.post(f"{first.url}/transcribe/async", files={"file": f}, timeout=30).json()["job_id"]
     assert first.stop() == 0  # graceful: the running job finishes, the queued one waits for the next start
@@ -77,7 +69,7 @@ def test_queued_jobs_survive_a_restart(tmp_path: Path, tiny_awq_checkpoint: Path
     try:
         finished = requests.get(f"{second.url}/status/{running}", timeout=5).json()
         assert finished["status"] == "completed" and finished["transcription"]
-        wait_for(lambda: requests.get(f"{second.url}/status/{queued}", timeout=5).json()["status"] != "processing")
+        wait_until(lambda: requests.get(f"{second.url}/status/{queued}", timeout=5).json()["status"] != "processing")
         assert requests.get(f"{second.url}/status/{queued}", timeout=5).json()["status"] == "completed"
         assert folder_is_empty(tmp_path / "inputs")
     finally:
