@@ -79,6 +79,11 @@ class QueueFullError(APIError):
     code = "queue_full"
 
 
+class ShuttingDownError(APIError):
+    status = 503
+    code = "shutting_down"
+
+
 class JobFailed(APIError):
     """A transcription the client waited for failed: its failure, as an HTTP error."""
 

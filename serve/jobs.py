@@ -106,6 +106,10 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class ShuttingDown(Exception):
+    """The queue accepts no new work: the server is stopping."""
+
+
 class JobControl:
     """What a running job may do besides returning: report progress, and ask whether it should stop."""
 
@@ -223,10 +227,11 @@ class JobQueue:
     # -- submitting, waiting, cancelling ---------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
-        """Queue ``job``; raise :class:`QueueFull` when ``max_queued`` jobs already wait."""
+        """Queue ``job``; raise :class:`QueueFull` when ``max_queued`` jobs already wait, :class:`ShuttingDown`
+        once :meth:`stop` was called."""
         with self._cond:
             if self._stopping:
-                raise QueueFull(len(self._pending), self.retry_after())
+                raise ShuttingDown("the server is shutting down; retry in a minute")
             if len(self._pending) >= self.max_queued:
                 raise QueueFull(len(self._pending), self.retry_after())
             self.store.add(job)

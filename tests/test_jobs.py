@@ -20,6 +20,7 @@ from serve.jobs import (
     JobStatus,
     Progress,
     QueueFull,
+    ShuttingDown,
     new_job_id,
 )
 
@@ -202,7 +203,7 @@ def test_stop_leaves_async_jobs_queued_and_fails_waiting_sync_ones(store: Sqlite
     assert store.get(running.id).status is JobStatus.COMPLETED
     assert store.get(later.id).status is JobStatus.PROCESSING and store.get(later.id).stage == "queued"
     assert store.get(sync.id).failure.code == "interrupted"
-    with pytest.raises(QueueFull):
+    with pytest.raises(ShuttingDown):
         queue.submit(job(tmp_path))
 
 

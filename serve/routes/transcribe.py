@@ -11,8 +11,8 @@ from flask import Blueprint, g, jsonify, request, send_file, url_for
 
 from .. import formats
 from ..audio import UndecodableAudio, probe
-from ..errors import APIError, JobFailed, QueueFullError, UnsupportedMedia
-from ..jobs import Job, JobKind, JobStatus, QueueFull
+from ..errors import JobFailed, QueueFullError, ShuttingDownError, UnsupportedMedia
+from ..jobs import Job, JobKind, JobStatus, QueueFull, ShuttingDown
 from ..params import parse_params
 from ..services import RENDERERS, services, transcript_of
 from ..uploads import content_disposition, download_name, take_upload
@@ -54,6 +54,8 @@ def _submit(output_format: str, kind: JobKind) -> Job:
     except QueueFull as exc:
         raise QueueFullError(f"{exc}; retry in about {exc.retry_after} s",
                              headers={"Retry-After": str(exc.retry_after)}) from exc
+    except ShuttingDown as exc:
+        raise ShuttingDownError(str(exc), headers={"Retry-After": "60"}) from exc
     g.job_id = job.id
     return job
 
@@ -69,7 +71,7 @@ def _transcribe_now(output_format: str) -> Job:
             finished = jobs.wait(job.id)
             break
     if finished is None:  # the worker stopped under us (shutdown)
-        raise APIError("the server is shutting down")
+        raise ShuttingDownError("the server is shutting down; retry in a minute", headers={"Retry-After": "60"})
     if finished.status is not JobStatus.COMPLETED:
         assert finished.failure is not None
         raise JobFailed(finished.failure)
