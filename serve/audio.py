@@ -1,7 +1,8 @@
 """Audio in: probe and decode anything ffmpeg reads into 16 kHz mono float32 segments with true times.
 
-Decoding is streamed: ffmpeg resamples and downmixes, and this module reads its output one segment
-at a time, so no stage holds the whole file's PCM.
+Decoding is streamed: ffmpeg resamples and downmixes, and this module reads its output one segment at a
+time, so no stage holds the whole file's PCM. Segments end in the quietest pause before the length limit
+(energy-based), are trimmed to their speech, and keep the times of both.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ _BYTES_PER_SAMPLE = 4  # float32
 MIN_SEGMENT_SECONDS = 0.05
 # Peak below -60 dBFS: digital silence or dither, no speech to transcribe.
 SILENCE_PEAK = 10 ** (-60 / 20)
+# Cuts: the quietest CUT_WINDOW_SECONDS within the last CUT_SEARCH_SECONDS before the length limit, if it is
+# at least CUT_MIN_DIP quieter (in energy) than that stretch's median.
+CUT_SEARCH_SECONDS = 10.0
+CUT_WINDOW_SECONDS = 0.2
+CUT_MIN_DIP = 0.25
+# Trimming: a 20 ms frame is speech if it is TRIM_ABOVE_FLOOR_DB above the segment's noise floor (its
+# quietest tenth) and no more than TRIM_BELOW_PEAK_DB below its loudest frame. The model still gets
+# TRIM_PADDING_SECONDS of audio around the speech, so that soft onsets and tails are not clipped.
+TRIM_ABOVE_FLOOR_DB = 10.0
+TRIM_BELOW_PEAK_DB = 35.0
+TRIM_PADDING_SECONDS = 0.1
 PROBE_TIMEOUT_SECONDS = 60
 
 
@@ -45,12 +57,19 @@ class AudioInfo:
 
 @dataclass(frozen=True)
 class Segment:
-    """A stretch of the input, as 16 kHz mono float32, with its true position in the file."""
+    """A stretch of the input, as 16 kHz mono float32, with its true position in the file.
+
+    ``cut_start``/``cut_end`` bound the part of the file this segment was cut from; ``start``/``end`` bound the
+    speech in it. ``samples`` is that speech with a little padding (``TRIM_PADDING_SECONDS``) on each side.
+    A segment with no speech has no samples and ``start == end``.
+    """
 
     index: int
     start: float
     end: float
     samples: np.ndarray
+    cut_start: float = 0.0
+    cut_end: float = 0.0
 
     @property
     def duration(self) -> float:
@@ -109,11 +128,29 @@ def probe(path: Path) -> AudioInfo:
 
 
 def decode_segments(path: Path, segment_seconds: float, scratch_dir: Path | None = None) -> Iterator[Segment]:
-    """Yield consecutive segments of at most ``segment_seconds`` with their true start and end times.
+    """Yield consecutive segments of at most ``segment_seconds``, cut in pauses, with their true times.
 
     Raises :class:`UndecodableAudio` (possibly after some segments) if ffmpeg fails.
     """
-    samples_per_segment = max(1, round(segment_seconds * SAMPLE_RATE))
+    max_samples = max(1, round(segment_seconds * SAMPLE_RATE))
+    index = 0
+    offset = 0  # file position (in samples) of pending[0]
+    pending = np.empty(0, dtype=np.float32)
+    for block in decode_pcm(path, scratch_dir, block_samples=max_samples):
+        pending = np.concatenate([pending, block]) if pending.size else block
+        while pending.size > max_samples:
+            cut = quietest_cut(pending[:max_samples])
+            yield speech_segment(index, pending[:cut], offset)
+            index += 1
+            pending = pending[cut:]
+            offset += cut
+    if pending.size / SAMPLE_RATE >= MIN_SEGMENT_SECONDS:
+        yield speech_segment(index, pending, offset)
+
+
+def decode_pcm(path: Path, scratch_dir: Path | None = None, block_samples: int = SAMPLE_RATE * 30
+               ) -> Iterator[np.ndarray]:
+    """ffmpeg's 16 kHz mono float32 decoding of ``path``, in blocks of ``block_samples`` (the last may be short)."""
     cmd = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
         "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
@@ -124,19 +161,12 @@ def decode_segments(path: Path, segment_seconds: float, scratch_dir: Path | None
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file)
         assert proc.stdout is not None
         try:
-            offset = 0
-            index = 0
-            buffer = bytearray(samples_per_segment * _BYTES_PER_SAMPLE)
             while True:
+                buffer = bytearray(block_samples * _BYTES_PER_SAMPLE)
                 filled = _read_full(proc.stdout, buffer)
                 usable = filled - filled % _BYTES_PER_SAMPLE
                 if usable:
-                    samples = np.frombuffer(buffer, dtype=np.float32, count=usable // _BYTES_PER_SAMPLE).copy()
-                    start = offset / SAMPLE_RATE
-                    offset += samples.size
-                    if samples.size / SAMPLE_RATE >= MIN_SEGMENT_SECONDS:
-                        yield Segment(index=index, start=start, end=offset / SAMPLE_RATE, samples=samples)
-                        index += 1
+                    yield np.frombuffer(buffer, dtype=np.float32, count=usable // _BYTES_PER_SAMPLE)
                 if filled < len(buffer):
                     break
             returncode = proc.wait()
@@ -149,6 +179,76 @@ def decode_segments(path: Path, segment_seconds: float, scratch_dir: Path | None
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
+
+
+def _window_energy(samples: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """Mean square of ``samples`` over windows of ``window`` samples, every ``hop`` samples."""
+    squares = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
+    starts = np.arange(0, samples.size - window + 1, hop)
+    return (squares[starts + window] - squares[starts]) / window
+
+
+def quietest_cut(samples: np.ndarray) -> int:
+    """Where to end a segment that may not exceed ``len(samples)``: in the quietest pause near its end.
+
+    The search covers the last third of the segment (at most the last ``CUT_SEARCH_SECONDS``); among the
+    runs of quietest windows it takes the longest pause and cuts in its middle. Audio without a clear dip
+    (music, a tone) is cut at the limit.
+    """
+    limit = samples.size
+    search = min(round(CUT_SEARCH_SECONDS * SAMPLE_RATE), limit // 3)
+    window = min(round(CUT_WINDOW_SECONDS * SAMPLE_RATE), search)
+    hop = max(1, round(0.01 * SAMPLE_RATE))
+    if window < hop:
+        return limit
+    region_start = limit - search
+    energy = _window_energy(samples[region_start:], window, hop)
+    if energy.size == 0:
+        return limit
+    quietest = float(energy.min())
+    if quietest > float(np.median(energy)) * CUT_MIN_DIP:
+        return limit  # nothing stands out as a pause
+    quiet = np.concatenate([[False], energy <= quietest * 2 + 1e-12, [False]])
+    edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
+    runs = list(zip(edges[::2], edges[1::2] - 1, strict=True))  # (first, last) window of each quiet run
+    # The longest pause is the likeliest sentence boundary; among equals, the latest keeps segments long.
+    first, last = max(runs, key=lambda run: (run[1] - run[0], run[1]))
+    return region_start + (first + last) // 2 * hop + window // 2
+
+
+def speech_bounds(samples: np.ndarray) -> tuple[int, int] | None:
+    """The first and last sample of speech in ``samples``, or None if there is none."""
+    frame = round(0.02 * SAMPLE_RATE)
+    if samples.size < frame:
+        loud = samples.size and float(np.max(np.abs(samples))) >= SILENCE_PEAK
+        return (0, samples.size) if loud else None
+    energy = _window_energy(samples, frame, frame)
+    peak = float(energy.max())
+    floor = float(np.percentile(energy, 10))
+    threshold = max(floor * 10 ** (TRIM_ABOVE_FLOOR_DB / 10), peak * 10 ** (-TRIM_BELOW_PEAK_DB / 10),
+                    SILENCE_PEAK**2)
+    threshold = min(threshold, peak / 4)  # evenly loud audio (music, a tone) is all "speech"
+    voiced = np.flatnonzero(energy >= threshold)
+    if voiced.size == 0 or peak < SILENCE_PEAK**2:
+        return None
+    first = int(voiced[0]) * frame
+    last = (int(voiced[-1]) + 1) * frame
+    if samples.size - last < frame:
+        last = samples.size  # keep the tail that did not fill a whole frame
+    return first, last
+
+
+def speech_segment(index: int, samples: np.ndarray, offset: int) -> Segment:
+    """A segment for ``samples`` (starting at file sample ``offset``), trimmed to its speech."""
+    cut_start, cut_end = offset / SAMPLE_RATE, (offset + samples.size) / SAMPLE_RATE
+    bounds = speech_bounds(samples)
+    if bounds is None:
+        return Segment(index, cut_start, cut_start, np.empty(0, dtype=np.float32), cut_start, cut_end)
+    first, last = bounds
+    pad = round(TRIM_PADDING_SECONDS * SAMPLE_RATE)
+    padded = samples[max(0, first - pad): min(samples.size, last + pad)]
+    return Segment(index, (offset + first) / SAMPLE_RATE, (offset + last) / SAMPLE_RATE,
+                   np.ascontiguousarray(padded), cut_start, cut_end)
 
 
 def _read_full(stream, buffer: bytearray) -> int:  # type: ignore[no-untyped-def]

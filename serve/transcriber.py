@@ -79,7 +79,7 @@ class Transcriber:
                                                            self.scratch_dir), start=1):
                 if should_stop is not None and should_stop():
                     raise TranscriptionStopped()
-                duration = segment.end
+                duration = segment.cut_end
                 if not segment.is_silent():  # silence: do not load or ask the model
                     if engine is None:
                         # Held until the whole file is done, so the idle timer cannot unload between segments.
@@ -88,7 +88,7 @@ class Transcriber:
                     log.debug("segment %d [%.2f-%.2f]: %r", segment.index, segment.start, segment.end, text)
                     pieces.append(Piece(start=segment.start, end=segment.end, text=text))
                 if progress is not None:
-                    progress(done, max(total, done) if total else None, segment.end)
+                    progress(done, max(total, done) if total else None, segment.cut_end)
         return Transcript(pieces=tuple(pieces), duration=duration)
 
     def _segment_text(self, engine: SpeechRecognizer, segment: Segment, params: TranscriptionParams) -> str:

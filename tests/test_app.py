@@ -56,7 +56,7 @@ def test_transcribe_json(app, client, audio_dir: Path) -> None:  # type: ignore[
     saved = services_of(app).settings.outputs_dir / body["output_file"]
     assert saved.read_text(encoding="utf-8") == body["transcription"] + "\n"
     assert body["filename"] == "speech.mp3" and body["duration"] > 1
-    assert body["segments"][0]["start"] == 0.0
+    assert 0.0 <= body["segments"][0]["start"] < 0.3  # where the speech starts, after espeak's lead-in
     assert services_of(app).models.loaded
     assert_no_leftovers(app)
 
