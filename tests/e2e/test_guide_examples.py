@@ -136,8 +136,8 @@ def test_curl_srt(server: Server, audio_mp3: Path) -> None:
     sh(f'curl -s -X POST -F "file=@audio.mp3" -F "segment_duration=10" {server.url}/transcribe/srt -o subtitle.srt',
        audio_mp3.parent)
     cues = list(srt.parse((audio_mp3.parent / "subtitle.srt").read_text(encoding="utf-8")))
-    assert cues and cues[0].start.total_seconds() == 0
-    assert cues[-1].end.total_seconds() < 10  # the clip is shorter than one 10 s segment
+    assert cues and 0 <= cues[0].start.total_seconds() < 0.3  # the speech starts after espeak's lead-in
+    assert cues[-1].end.total_seconds() < 6  # the clip (5.9 s) is shorter than one 10 s segment
 
 
 def test_guide_async_shell_snippet(server: Server, audio_mp3: Path) -> None:
