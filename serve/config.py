@@ -62,7 +62,11 @@ class Settings(BaseSettings):
     opencc_config: Literal["s2t", "s2tw", "s2twp", "s2hk"] = Field(
         "s2t", description="OpenCC conversion used when enable_s2t is set")
 
-    # Jobs
+    # Jobs and batching
+    batch_size: int = Field(0, ge=0, le=64, description="segments generated together; 0 = as many as fit in free "
+                                                        "VRAM (1 on CPU)")
+    concurrent_jobs: int = Field(2, ge=1, le=64, description="jobs transcribed side by side (their segments share "
+                                                             "batches; a short job need not wait for a long one)")
     queue_depth: int = Field(32, ge=1, le=10000, description="jobs that may wait for the model; more get 503 with "
                                                              "Retry-After")
     data_dir: Path = Field(APP_DIR / "data", description="where the job database (jobs.sqlite3) lives")

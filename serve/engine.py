@@ -217,17 +217,24 @@ class QwenOmniEngine:
         features = extractor([padded], sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="pt")
         return features["input_features"][:, :, :frames]
 
-    def _inputs(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
-        features = self._features(samples)
-        mel_frames = features.shape[-1]
-        prompt = self._prompt.replace(AUDIO_TOKEN, AUDIO_TOKEN * audio_token_count(mel_frames))
-        tokens = self.tokenizer([prompt], return_tensors="pt")
+    def _inputs(self, batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch of clips: prompts left-padded, features right-padded and masked."""
+        features = [self._features(samples)[0] for samples in batch]
+        frames = [f.shape[-1] for f in features]
+        longest = max(frames)
+        input_features = torch.zeros(len(batch), features[0].shape[0], longest)
+        feature_mask = torch.zeros(len(batch), longest, dtype=torch.long)
+        for i, f in enumerate(features):
+            input_features[i, :, : f.shape[-1]] = f
+            feature_mask[i, : f.shape[-1]] = 1
+        prompts = [self._prompt.replace(AUDIO_TOKEN, AUDIO_TOKEN * audio_token_count(n)) for n in frames]
+        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
         device = self.device
         return {
             "input_ids": tokens["input_ids"].to(device),
             "attention_mask": tokens["attention_mask"].to(device),
-            "input_features": features.to(device, self.model.dtype),
-            "feature_attention_mask": torch.ones(1, mel_frames, dtype=torch.long, device=device),
+            "input_features": input_features.to(device, self.model.dtype),
+            "feature_attention_mask": feature_mask.to(device),
         }
 
     def _generation_config(self, options: GenerationOptions, prompt_tokens: int) -> GenerationConfig:
@@ -248,7 +255,11 @@ class QwenOmniEngine:
 
     def transcribe(self, samples: np.ndarray, options: GenerationOptions) -> str:
         """The raw transcript of one segment of 16 kHz mono float32 audio."""
-        inputs = self._inputs(np.asarray(samples, dtype=np.float32))
+        return self.transcribe_batch([samples], options)[0]
+
+    def transcribe_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[str]:
+        """Raw transcripts of several segments, generated together (each stops at its own end token)."""
+        inputs = self._inputs([np.asarray(samples, dtype=np.float32) for samples in batch])
         prompt_tokens = inputs["input_ids"].shape[1]
         generation_config = self._generation_config(options, prompt_tokens)
         try:
@@ -260,7 +271,25 @@ class QwenOmniEngine:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise EngineOutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from exc
-        return self.tokenizer.decode(output[0, prompt_tokens:], skip_special_tokens=True)
+        return self.tokenizer.batch_decode(output[:, prompt_tokens:], skip_special_tokens=True)
+
+    def suggest_batch_size(self, segment_seconds: float, max_new_tokens: int, limit: int = 16) -> int:
+        """How many segments fit in the free accelerator memory at once (1 on CPU, where batching buys little).
+
+        Per segment: the KV cache of its audio tokens (25 per second), the prompt and a realistic transcript
+        (about 8 tokens per second of audio, at most max_new_tokens), with 50% headroom, plus a fixed
+        allowance for the audio encoder's activations.
+        """
+        if self.device.type != "cuda":
+            return 1
+        text = self.model.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        kv_bytes_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * \
+            self.model.dtype.itemsize
+        tokens = 25 * segment_seconds + 64 + min(max_new_tokens, 8 * segment_seconds)
+        per_segment = 1.5 * kv_bytes_per_token * tokens + 256 * 1024**2
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return max(1, min(limit, int(0.8 * free // per_segment)))
 
     def close(self) -> None:
         """Drop every reference to the model so that its memory can be freed."""

@@ -144,10 +144,15 @@ class _Ticket:
 
 
 class JobQueue:
-    """A bounded FIFO of jobs, run one at a time by a single worker thread."""
+    """A bounded FIFO of jobs, run by ``concurrency`` worker threads.
+
+    Jobs running side by side do not touch the model themselves: their segments meet in the batching
+    recognizer, the one thread that does. Running two or more lets a short request through while a long
+    one is transcribed, and fills batches.
+    """
 
     def __init__(self, store: JobStore, runner: JobRunner, failure_of: FailureMapper, *, max_queued: int = 32,
-                 on_finished: Callable[[Job], None] | None = None) -> None:
+                 concurrency: int = 1, on_finished: Callable[[Job], None] | None = None) -> None:
         self.store = store
         self.max_queued = max_queued
         self._runner = runner
@@ -157,10 +162,12 @@ class JobQueue:
         self._tickets: dict[str, _Ticket] = {}
         self._cancel: set[str] = set()
         self._cond = threading.Condition()
-        self._running: str | None = None
+        self._running: list[str] = []
         self._stopping = False
         self._average_seconds = 30.0  # a guess until jobs have run; used for Retry-After
-        self._worker = threading.Thread(target=self._work, name="transcription-worker", daemon=True)
+        self.concurrency = concurrency
+        self._workers = [threading.Thread(target=self._work, name=f"transcription-worker-{i}", daemon=True)
+                         for i in range(concurrency)]
         self._started = False
 
     # -- state ---------------------------------------------------------------------------------------
@@ -172,12 +179,19 @@ class JobQueue:
             return len(self._pending)
 
     @property
+    def running_jobs(self) -> list[str]:
+        with self._cond:
+            return list(self._running)
+
+    @property
     def running_job(self) -> str | None:
-        return self._running
+        """The longest-running job, if any."""
+        running = self.running_jobs
+        return running[0] if running else None
 
     def retry_after(self) -> int:
         """Seconds until a place in the queue is likely to be free."""
-        return max(1, min(3600, round(self._average_seconds)))
+        return max(1, min(3600, round(self._average_seconds / self.concurrency)))
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -187,7 +201,8 @@ class JobQueue:
             return
         self._recover()
         self._started = True
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
 
     def _recover(self) -> None:
         """Queued async jobs are queued again; anything else unfinished was interrupted."""
@@ -222,7 +237,9 @@ class JobQueue:
                 ticket.job = job
                 ticket.done.set()
         if self._started:
-            self._worker.join(timeout)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for worker in self._workers:
+                worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # -- submitting, waiting, cancelling ---------------------------------------------------------------
 
@@ -283,14 +300,14 @@ class JobQueue:
                     return
                 job_id = self._pending.popleft()
                 ticket = self._tickets.get(job_id)
-                self._running = job_id
+                self._running.append(job_id)
             job = self.store.get(job_id)
             try:
                 if job is not None:
                     job = self._run(job)
             finally:
                 with self._cond:
-                    self._running = None
+                    self._running.remove(job_id)
                     self._cancel.discard(job_id)
                     self._tickets.pop(job_id, None)
                 if ticket is not None:
@@ -318,7 +335,8 @@ class JobQueue:
                 else:
                     log.info("job %s failed: %s", job.id, failure.message)
                 job = replace(job, status=JobStatus.FAILED, failure=failure)
-        self._average_seconds = 0.8 * self._average_seconds + 0.2 * (time.monotonic() - started)
+        with self._cond:
+            self._average_seconds = 0.8 * self._average_seconds + 0.2 * (time.monotonic() - started)
         return self._finish(job)
 
     def _latest_progress(self, job: Job) -> Progress:

@@ -11,6 +11,7 @@ from typing import Any
 from flask import current_app
 
 from . import formats
+from .batching import BatchingRecognizer
 from .checkpoint import resolve_checkpoint
 from .config import APP_DIR, Settings
 from .engine import QwenOmniEngine
@@ -36,18 +37,28 @@ RENDERERS = {
 
 
 def engine_loader(settings: Settings):  # type: ignore[no-untyped-def]
-    def load() -> QwenOmniEngine:
+    def load() -> BatchingRecognizer:
         checkpoint = resolve_checkpoint(settings.checkpoint_path, local_only=settings.local_model,
                                         models_dir=settings.models_dir, app_dir=APP_DIR)
-        return QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2)
+        engine = QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2)
+        batch_size = settings.batch_size or engine.suggest_batch_size(settings.segment_duration,
+                                                                      settings.max_new_tokens)
+        log.info("generating up to %d segments per batch", batch_size)
+        return BatchingRecognizer(engine, batch_size)
 
     return load
+
+
+def _close(recognizer: object) -> None:
+    close = getattr(recognizer, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass
 class Services:
     settings: Settings
-    models: ModelManager[QwenOmniEngine]
+    models: ModelManager[BatchingRecognizer]
     transcriber: Transcriber
     jobs: JobQueue
     outputs: OutputStore
@@ -58,8 +69,8 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         for folder in (settings.inputs_dir, settings.temp_dir, settings.outputs_dir, settings.data_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
-        models: ModelManager[QwenOmniEngine] = ModelManager(
-            engine_loader(settings), unloader=QwenOmniEngine.close, idle_timeout=settings.idle_timeout,
+        models: ModelManager[BatchingRecognizer] = ModelManager(
+            engine_loader(settings), unloader=_close, idle_timeout=settings.idle_timeout,
             name="Qwen2.5-Omni thinker",
         )
         transcriber = Transcriber(models, opencc_config=settings.opencc_config, scratch_dir=settings.temp_dir)
@@ -76,7 +87,8 @@ class Services:
         def remove_input(job: Job) -> None:
             job.input_path.unlink(missing_ok=True)
 
-        jobs = JobQueue(store, run, failure_of, max_queued=settings.queue_depth, on_finished=remove_input)
+        jobs = JobQueue(store, run, failure_of, max_queued=settings.queue_depth,
+                        concurrency=settings.concurrent_jobs, on_finished=remove_input)
         janitor = Janitor(store, inputs_dir=settings.inputs_dir, temp_dir=settings.temp_dir,
                           outputs_dir=settings.outputs_dir, job_retention_hours=settings.job_retention_hours,
                           output_retention_hours=settings.output_retention_hours)

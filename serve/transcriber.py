@@ -1,7 +1,9 @@
 """The transcription pipeline: decode -> segments -> engine -> clean text pieces -> Transcript.
 
-It runs on the job worker thread, the only caller of the model. The model is taken from the manager at
-the first segment that is not silence (a silent file never loads it) and held until the file is done.
+It runs on a job's worker thread. Segments are submitted in groups as large as the recognizer's batch, so
+that a batching recognizer (the only caller of the model) generates them together, possibly with other
+jobs' segments. The model is taken from the manager at the first segment that is not silence (a silent
+file never loads it) and held until the file is done.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,19 @@ class SpeechRecognizer(Protocol):
     def transcribe(self, samples: np.ndarray, options: GenerationOptions) -> str: ...
 
 
+def _submit(recognizer: SpeechRecognizer, samples: np.ndarray, options: GenerationOptions) -> Future[str]:
+    """Queue a segment on a batching recognizer; run it at once on a plain one."""
+    submit = getattr(recognizer, "submit", None)
+    if submit is not None:
+        return submit(samples, options)
+    future: Future[str] = Future()
+    try:
+        future.set_result(recognizer.transcribe(samples, options))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
 class Transcriber:
     def __init__(self, models: ModelManager[SpeechRecognizer], *, opencc_config: str = "s2t",
                  scratch_dir: Path | None = None) -> None:
@@ -73,38 +89,54 @@ class Transcriber:
         pieces: list[Piece] = []
         duration = 0.0
         total = math.ceil(expected_duration / params.segment_duration) if expected_duration else None
+        group: list[tuple[int, Segment]] = []  # segments decoded, not yet transcribed
+
         with ExitStack() as held:
-            engine: SpeechRecognizer | None = None
+            recognizer: SpeechRecognizer | None = None
+
+            def flush() -> None:
+                """Submit the group at once (one batch), then collect its texts in order."""
+                futures = [_submit(recognizer, s.samples, params.generation) if not s.is_silent() else None
+                           for _, s in group]
+                for (done, segment), future in zip(group, futures, strict=True):
+                    if future is not None:
+                        text = self._text(recognizer, segment, future, params)
+                        log.debug("segment %d [%.2f-%.2f]: %r", segment.index, segment.start, segment.end, text)
+                        pieces.append(Piece(start=segment.start, end=segment.end, text=text))
+                    if progress is not None:
+                        progress(done, max(total, done) if total else None, segment.cut_end)
+                group.clear()
+
             for done, segment in enumerate(decode_segments(audio_path, params.segment_duration,
                                                            self.scratch_dir), start=1):
                 if should_stop is not None and should_stop():
                     raise TranscriptionStopped()
                 duration = segment.cut_end
-                if not segment.is_silent():  # silence: do not load or ask the model
-                    if engine is None:
-                        # Held until the whole file is done, so the idle timer cannot unload between segments.
-                        engine = held.enter_context(self.models.use())
-                    text = self._segment_text(engine, segment, params)
-                    log.debug("segment %d [%.2f-%.2f]: %r", segment.index, segment.start, segment.end, text)
-                    pieces.append(Piece(start=segment.start, end=segment.end, text=text))
-                if progress is not None:
-                    progress(done, max(total, done) if total else None, segment.cut_end)
+                if recognizer is None and not segment.is_silent():
+                    # Taken at the first speech (a silent file never loads the model) and held until the
+                    # whole file is done, so the idle timer cannot unload it between segments.
+                    recognizer = held.enter_context(self.models.use())
+                group.append((done, segment))
+                if len(group) >= getattr(recognizer, "batch_size", 1):
+                    flush()
+            flush()
         return Transcript(pieces=tuple(pieces), duration=duration)
 
-    def _segment_text(self, engine: SpeechRecognizer, segment: Segment, params: TranscriptionParams) -> str:
+    def _text(self, recognizer: SpeechRecognizer, segment: Segment, future: Future[str],
+              params: TranscriptionParams) -> str:
         to_traditional = self.opencc_config if params.enable_s2t else None
 
-        def clean(samples: np.ndarray) -> str:
-            return clean_transcript(engine.transcribe(samples, params.generation),
-                                    to_traditional_config=to_traditional)
+        def clean(raw: str) -> str:
+            return clean_transcript(raw, to_traditional_config=to_traditional)
 
         try:
-            return clean(segment.samples)
+            return clean(future.result())
         except EngineOutOfMemory as first:
-            # Our batch is one segment, so the smaller batch is half a segment.
+            # Alone it did not fit: the smaller batch is half a segment.
             log.warning("out of memory at %.1f-%.1f s (%s): retrying in two halves", segment.start, segment.end,
                         first)
             try:
-                return join_pieces([clean(half) for half in np.array_split(segment.samples, 2)])
+                return join_pieces([clean(recognizer.transcribe(half, params.generation))
+                                    for half in np.array_split(segment.samples, 2)])
             except EngineOutOfMemory as second:
                 raise SegmentOutOfMemory(segment) from second

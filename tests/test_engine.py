@@ -65,7 +65,7 @@ def test_prompt_follows_the_asr_recipe(engine: QwenOmniEngine) -> None:
 
 @pytest.mark.parametrize("seconds", [0.05, 0.5, 1.0, 7.3, 30.0])
 def test_audio_placeholders_match_the_encoder_output(engine: QwenOmniEngine, seconds: float) -> None:
-    inputs = engine._inputs(sine(seconds))
+    inputs = engine._inputs([sine(seconds)])
     frames = int(inputs["feature_attention_mask"].sum())
     # No padding to 300 s: features are as long as the audio.
     assert inputs["input_features"].shape[-1] == frames == round(seconds * 100)
@@ -93,7 +93,7 @@ def test_features_equal_the_processors_padded_features(engine: QwenOmniEngine, t
     padded = extractor([audio], sampling_rate=16000, return_attention_mask=True, padding="max_length",
                        return_tensors="pt")
     frames = int(padded["attention_mask"].sum())
-    inputs = engine._inputs(audio)
+    inputs = engine._inputs([audio])
     assert inputs["input_features"].shape[-1] == frames
     assert torch.allclose(inputs["input_features"][0], padded["input_features"][0, :, :frames], atol=1e-4)
 
@@ -106,7 +106,7 @@ def test_greedy_decoding_is_deterministic(engine: QwenOmniEngine) -> None:
 
 def test_max_new_tokens_reaches_the_thinker_beyond_1024(engine: QwenOmniEngine) -> None:
     """The full Omni model's generate caps the thinker at 1024 tokens; the engine must not."""
-    inputs = engine._inputs(sine(0.5))
+    inputs = engine._inputs([sine(0.5)])
     config = engine._generation_config(GenerationOptions(max_new_tokens=1100, temperature=0.0), 10)
     assert config.max_new_tokens == 1100
     with torch.inference_mode():

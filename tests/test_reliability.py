@@ -50,7 +50,7 @@ def use_engine(app, engine) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_full_queue_is_503_with_retry_after(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    app = make_app(queue_depth=1)
+    app = make_app(queue_depth=1, concurrent_jobs=1)
     engine = GatedRecognizer()
     use_engine(app, engine)
     client = app.test_client()
@@ -71,7 +71,7 @@ def test_full_queue_is_503_with_retry_after(make_app, audio_dir: Path) -> None: 
 
 
 def test_list_and_cancel_jobs(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    app = make_app()
+    app = make_app(concurrent_jobs=1)
     engine = GatedRecognizer()
     use_engine(app, engine)
     client = app.test_client()

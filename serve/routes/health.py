@@ -39,4 +39,5 @@ def health():  # type: ignore[no-untyped-def]
         queue_depth=s.jobs.depth,
         queue_capacity=s.jobs.max_queued,
         running_job=s.jobs.running_job,
+        running_jobs=s.jobs.running_jobs,
     )

@@ -29,7 +29,7 @@ def submit_long_job(server: Server, audio_dir: Path) -> str:
 def test_disconnected_sync_client_frees_its_queued_job(tmp_path: Path, tiny_awq_checkpoint: Path,
                                                        audio_dir: Path) -> None:
     shutil.copytree(tiny_awq_checkpoint, tmp_path / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
-    server = start_server(tmp_path, "--local-model")
+    server = start_server(tmp_path, "--local-model", "--concurrent-jobs", "1")  # the sync job has to wait
     try:
         blocker = submit_long_job(server, audio_dir)
         wait_until(lambda: jobs(server)[blocker]["stage"] == "running")
@@ -57,7 +57,7 @@ def test_disconnected_sync_client_frees_its_queued_job(tmp_path: Path, tiny_awq_
 
 def test_queued_jobs_survive_a_restart(tmp_path: Path, tiny_awq_checkpoint: Path, audio_dir: Path) -> None:
     shutil.copytree(tiny_awq_checkpoint, tmp_path / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
-    first = start_server(tmp_path, "--local-model")
+    first = start_server(tmp_path, "--local-model", "--concurrent-jobs", "1")
     running = submit_long_job(first, audio_dir)
     wait_until(lambda: jobs(first)[running]["stage"] == "running")
     with open(audio_dir / "speech.mp3", "rb") as f:

@@ -1,0 +1,159 @@
+"""Batched generation: identical to one-at-a-time under greedy decoding; batches form across jobs."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve.batching import BatchingRecognizer
+from serve.engine import EngineOutOfMemory, GenerationOptions, QwenOmniEngine
+from tests.conftest import form_upload, services_of, wait_until
+
+GREEDY = GenerationOptions(max_new_tokens=24, temperature=0.0, repetition_penalty=1.1)
+
+
+def clips() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = []
+    for frequency, seconds in [(200, 1.0), (300, 3.5), (450, 0.4), (600, 7.2), (800, 2.0)]:
+        t = np.arange(int(seconds * 16000)) / 16000
+        out.append((0.2 * np.sin(2 * np.pi * frequency * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("which", ["bf16", "awq"])
+def test_batch_equals_one_at_a_time_under_greedy(tiny_checkpoint: Path, tiny_awq_checkpoint: Path,
+                                                 which: str) -> None:
+    engine = QwenOmniEngine.load(tiny_checkpoint if which == "bf16" else tiny_awq_checkpoint, device="cpu")
+    audio = clips()
+    one_by_one = [engine.transcribe(a, GREEDY) for a in audio]
+    assert engine.transcribe_batch(audio, GREEDY) == one_by_one
+    assert engine.transcribe_batch(audio[::-1], GREEDY) == one_by_one[::-1]
+    engine.close()
+
+
+def test_cpu_suggests_batches_of_one(tiny_awq_checkpoint: Path) -> None:
+    engine = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu")
+    assert engine.suggest_batch_size(60, 8192) == 1
+    engine.close()
+
+
+class RecordingEngine:
+    """Test double: records the batches it is given; answers with each clip's length."""
+
+    def __init__(self, delay: float = 0.05, out_of_memory_above: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.delay = delay
+        self.limit = out_of_memory_above
+        self.closed = False
+
+    def transcribe_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[str]:
+        self.batches.append([b.size for b in batch])
+        time.sleep(self.delay)
+        if self.limit is not None and len(batch) > self.limit:
+            raise EngineOutOfMemory("simulated")
+        if any(b.size == 13 for b in batch):
+            raise ValueError("bad clip")
+        return [f"{b.size}:{options.temperature}" for b in batch]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_waiting_segments_are_batched_up_to_the_limit() -> None:
+    engine = RecordingEngine()
+    batcher = BatchingRecognizer(engine, batch_size=3)
+    first = batcher.submit(np.zeros(1), GREEDY)  # runs alone while the others arrive
+    time.sleep(0.01)
+    rest = [batcher.submit(np.zeros(n), GREEDY) for n in (2, 3, 4, 5)]
+    assert first.result(5) == "1:0.0" and [f.result(5) for f in rest] == ["2:0.0", "3:0.0", "4:0.0", "5:0.0"]
+    assert engine.batches == [[1], [2, 3, 4], [5]]
+    assert batcher.largest_batch == 3
+    batcher.close()
+    assert engine.closed
+
+
+def test_different_settings_are_never_mixed_in_a_batch() -> None:
+    engine = RecordingEngine()
+    batcher = BatchingRecognizer(engine, batch_size=8)
+    blocker = batcher.submit(np.zeros(1), GREEDY)
+    time.sleep(0.01)
+    sampled = GenerationOptions(max_new_tokens=24, temperature=0.7)
+    futures = [batcher.submit(np.zeros(n), GREEDY if n % 2 else sampled) for n in (2, 3, 4, 5)]
+    blocker.result(5)
+    assert [f.result(5) for f in futures] == ["2:0.7", "3:0.0", "4:0.7", "5:0.0"]
+    assert engine.batches[1:] == [[2, 4], [3, 5]]
+    batcher.close()
+
+
+def test_out_of_memory_in_a_batch_retries_its_segments_alone() -> None:
+    engine = RecordingEngine(out_of_memory_above=1)
+    batcher = BatchingRecognizer(engine, batch_size=4)
+    blocker = batcher.submit(np.zeros(1), GREEDY)
+    time.sleep(0.01)
+    futures = [batcher.submit(np.zeros(n), GREEDY) for n in (2, 3)]
+    assert blocker.result(5) == "1:0.0" and [f.result(5) for f in futures] == ["2:0.0", "3:0.0"]
+    assert engine.batches[1:] == [[2, 3], [2], [3]]
+    batcher.close()
+
+
+def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on() -> None:
+    engine = RecordingEngine(delay=0)
+    batcher = BatchingRecognizer(engine, batch_size=2)
+    bad = batcher.submit(np.zeros(13), GREEDY)
+    with pytest.raises(ValueError):
+        bad.result(5)
+    assert batcher.transcribe(np.zeros(7), GREEDY) == "7:0.0"
+    batcher.close()
+    with pytest.raises(RuntimeError):
+        batcher.submit(np.zeros(1), GREEDY)
+
+
+def test_a_long_file_is_transcribed_in_batches_with_the_same_result(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    fields = {"segment_duration": "1", "temperature": "0", "max_new_tokens": "8"}
+    sequential = make_app(batch_size=1)
+    batched = make_app(batch_size=4)
+    one = sequential.test_client().post("/transcribe/json", data=form_upload(audio_dir / "long_tone.wav", **fields))
+    four = batched.test_client().post("/transcribe/json", data=form_upload(audio_dir / "long_tone.wav", **fields))
+    assert one.status_code == four.status_code == 200
+    assert four.get_json()["segments"] == one.get_json()["segments"]
+    recognizer = services_of(batched).models._model
+    assert recognizer.largest_batch == 4 and recognizer.batches_run < 25
+
+
+def test_a_short_request_is_not_stuck_behind_a_long_job(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(concurrent_jobs=2, batch_size=2)
+    client = app.test_client()
+    long_job = client.post("/transcribe/async", data=form_upload(
+        audio_dir / "long_tone.wav", segment_duration="1", max_new_tokens="200")).get_json()["job_id"]
+    wait_until(lambda: client.get(f"/status/{long_job}").get_json().get("stage") == "running")
+    started = time.monotonic()
+    short = client.post("/transcribe/json", data={"file": (io.BytesIO((audio_dir / "speech.wav").read_bytes()),
+                                                           "s.wav"), "max_new_tokens": "8"})
+    assert short.status_code == 200
+    assert client.get(f"/status/{long_job}").get_json()["status"] == "processing"  # still going
+    assert time.monotonic() - started < 10
+    services_of(app).jobs.wait(long_job, 120)
+
+
+def test_concurrent_jobs_share_batches(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(concurrent_jobs=3, batch_size=3)
+    done = []
+
+    def post() -> None:
+        with app.test_client() as c:
+            done.append(c.post("/transcribe/json", data=form_upload(audio_dir / "tone.wav", segment_duration="60",
+                                                                     max_new_tokens="64")).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert done == [200, 200, 200]
+    assert services_of(app).models._model.largest_batch >= 2  # one-segment jobs met in one batch
