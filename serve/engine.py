@@ -1,9 +1,9 @@
 """The Qwen2.5-Omni thinker as a speech recogniser: load (bf16/fp16 or AWQ), build inputs, generate, decode.
 
-Only the thinker is loaded from the full Omni checkpoint: the talker and token2wav (speech output)
-are never allocated. Inputs are built from the tokenizer and the Whisper feature extractor, so neither
-torchvision nor qwen-omni-utils is needed. This module knows nothing about HTTP, jobs or files other
-than the checkpoint.
+Only the thinker is loaded from the full Omni checkpoint, and without its vision tower: the talker and
+token2wav (speech output) and the image encoder are never allocated. Inputs are built from the tokenizer
+and the Whisper feature extractor, so neither torchvision nor qwen-omni-utils is needed. This module knows
+nothing about HTTP, jobs or files other than the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from transformers import (
     Qwen2_5OmniThinkerForConditionalGeneration,
     WhisperFeatureExtractor,
 )
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from . import awq
 from .audio import SAMPLE_RATE
@@ -108,6 +109,28 @@ def _load_chat_template(checkpoint: Path, tokenizer: Any) -> str:
     raise EngineLoadError("the checkpoint has no chat template (chat_template.json or tokenizer_config.json)")
 
 
+class AudioOnlyThinker(Qwen2_5OmniThinkerForConditionalGeneration):
+    """The Qwen2.5-Omni thinker without its vision tower (about 670 M parameters that transcription never uses).
+
+    The tower is dropped while the model is still an empty skeleton, so its weights are never read or
+    allocated; the checkpoint's ``thinker.visual.*`` tensors are skipped.
+    """
+
+    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^model\.visual\.", r"^visual\.", r"^talker",
+                                                                r"^token2wav"]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.model.visual = None
+
+    @classmethod
+    def register_weight_names(cls) -> None:
+        """Load published checkpoints with the parent class's key renames (they are looked up by class name)."""
+        parent = Qwen2_5OmniThinkerForConditionalGeneration.__name__
+        register_checkpoint_conversion_mapping(cls.__name__, get_checkpoint_conversion_mapping(parent),
+                                               overwrite=True)
+
+
 class QwenOmniEngine:
     """Transcribes 16 kHz mono audio with the Qwen2.5-Omni thinker. One instance owns the model."""
 
@@ -160,7 +183,8 @@ class QwenOmniEngine:
                 raise EngineLoadError(str(exc)) from exc
         attention = pick_attention(flash_attn2, torch_device, dtype)
         try:
-            model, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            AudioOnlyThinker.register_weight_names()
+            model, info = AudioOnlyThinker.from_pretrained(
                 checkpoint,
                 config=thinker_config,
                 dtype=dtype,

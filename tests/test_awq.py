@@ -101,13 +101,14 @@ def test_loaded_module_tree(tiny_awq_checkpoint: Path) -> None:
                        if isinstance(m, (nn.Linear, awq.AwqGemmLinear))]
     assert decoder_linears and all(isinstance(m, awq.AwqGemmLinear) for m in decoder_linears)
     assert all(m.kernel == "int4pack-cpu" for m in decoder_linears)
-    # The audio tower, the vision tower and the LM head stay in floating point.
-    for tower in (model.model.audio_tower, model.model.visual):
-        linears = [m for m in tower.modules() if isinstance(m, (nn.Linear, awq.AwqGemmLinear))]
-        assert linears and all(type(m) is nn.Linear and m.weight.is_floating_point() for m in linears)
+    # The audio tower and the LM head stay in floating point.
+    linears = [m for m in model.model.audio_tower.modules() if isinstance(m, (nn.Linear, awq.AwqGemmLinear))]
+    assert linears and all(type(m) is nn.Linear and m.weight.is_floating_point() for m in linears)
     assert type(model.lm_head) is nn.Linear
-    # Thinker only: the speech-output modules are never built.
-    assert not any(name.startswith(("talker", "token2wav")) for name, _ in model.named_parameters())
+    # Thinker only, audio only: the speech-output modules and the vision tower are never built.
+    assert not any(name.startswith(("talker", "token2wav")) or ".visual." in name
+                   for name, _ in model.named_parameters())
+    assert model.model.visual is None
     assert engine.quantized
     engine.close()
 

@@ -30,10 +30,21 @@ def engine(tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
     engine.close()
 
 
-def test_only_the_thinker_is_loaded(engine: QwenOmniEngine) -> None:
-    assert type(engine.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+def test_only_the_thinker_is_loaded_without_its_vision_tower(engine: QwenOmniEngine, tiny_checkpoint: Path) -> None:
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    assert isinstance(engine.model, Qwen2_5OmniThinkerForConditionalGeneration)
     names = [n for n, _ in engine.model.named_parameters()]
-    assert not any(n.startswith(("talker", "token2wav")) for n in names)
+    assert not any(n.startswith(("talker", "token2wav")) or ".visual." in n for n in names)
+    assert any(".audio_tower." in n for n in names) and any(".language_model." in n for n in names)
+    full = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    vision = sum(p.numel() for p in full.model.visual.parameters())
+    assert sum(p.numel() for p in engine.model.parameters()) == sum(p.numel() for p in full.parameters()) - vision
+    # Everything else is the same weights as the full thinker loads.
+    ours = dict(engine.model.named_parameters())
+    for name, value in full.named_parameters():
+        if ".visual." not in name:
+            assert torch.equal(ours[name], value), name
     assert engine.model.dtype == torch.float32 and engine.device.type == "cpu"
     assert not engine.quantized
 
