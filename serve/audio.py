@@ -158,8 +158,9 @@ def decode_pcm(path: Path, scratch_dir: Path | None = None, block_samples: int =
     ]
     # stderr goes to a file: a pipe nobody reads until the end could fill up and stall ffmpeg.
     with tempfile.TemporaryFile(dir=scratch_dir, prefix="ffmpeg-", suffix=".log") as stderr_file:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file, bufsize=0)
         assert proc.stdout is not None
+        _widen_pipe(proc.stdout.fileno())
         try:
             while True:
                 buffer = bytearray(block_samples * _BYTES_PER_SAMPLE)
@@ -249,6 +250,16 @@ def speech_segment(index: int, samples: np.ndarray, offset: int) -> Segment:
     padded = samples[max(0, first - pad): min(samples.size, last + pad)]
     return Segment(index, (offset + first) / SAMPLE_RATE, (offset + last) / SAMPLE_RATE,
                    np.ascontiguousarray(padded), cut_start, cut_end)
+
+
+def _widen_pipe(fd: int) -> None:
+    """Grow the pipe from ffmpeg to 1 MiB (Linux): fewer wake-ups and context switches per second of audio."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass  # not Linux, or a lower pipe-max-size: the default pipe works, a little slower
 
 
 def _read_full(stream, buffer: bytearray) -> int:  # type: ignore[no-untyped-def]

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Full-size Qwen2.5-Omni-7B thinker on a GPU, with random weights: memory and speed without a download.
+
+Builds the 7B thinker from its published configuration, in bf16 and AWQ-packed 4-bit (random packed
+weights), writes each as a local sharded checkpoint, loads it through the production loader, and reports:
+load time, the VRAM split (weights / activations / KV cache) and peak VRAM at 30, 60 and 120 s segments,
+prefill and decode tokens/s, and the real-time factor at batch 1, 4, 8, 16. Random weights stop at random
+points, so the generated length is forced to a realistic transcript: about 4 tokens per second of speech.
+
+    python benchmarks/bench_gpu.py --json gpu.json                 # on a CUDA machine (needs ~25 GB of disk)
+    python benchmarks/bench_gpu.py --tiny --device cpu             # the same code path on a tiny model
+Targets: AWQ peak VRAM <= 8 GB at 60 s segments and batch 1; batch-8 throughput >= 3x batch-1;
+real-time factor <= 0.03 on an H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import build_tiny_checkpoints as builder  # noqa: E402
+
+from serve.engine import GenerationOptions, QwenOmniEngine, audio_token_count  # noqa: E402
+
+TOKENS_PER_SECOND = 4  # a realistic transcript length per second of speech
+GIB = 1024**3
+
+# The published Qwen2.5-Omni-7B thinker (config.json of Qwen/Qwen2.5-Omni-7B).
+THINKER_7B = {
+    "audio": {"d_model": 1280, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120, "encoder_layers": 32,
+              "num_hidden_layers": 32, "output_dim": 3584},
+    "text": {"hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28, "num_hidden_layers": 28,
+             "num_key_value_heads": 4, "max_window_layers": 28, "vocab_size": 152064,
+             "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"}},
+}
+
+
+def full_size_config(ids: dict[str, int]) -> dict:
+    config = builder.omni_config(ids)
+    thinker = config["thinker_config"]
+    thinker["audio_config"].update(THINKER_7B["audio"])
+    thinker["text_config"].update(THINKER_7B["text"])
+    thinker["vision_config"]["out_hidden_size"] = THINKER_7B["text"]["hidden_size"]
+    config["talker_config"]["embedding_size"] = THINKER_7B["text"]["hidden_size"]
+    return config
+
+
+def random_thinker_state(config: dict, device: str) -> dict[str, torch.Tensor]:
+    """Random bf16 weights for the thinker (audio tower + decoder + head), with the published key names."""
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    thinker_config = Qwen2_5OmniThinkerConfig.from_dict(copy.deepcopy(config["thinker_config"]))
+    with torch.device(device):
+        model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(thinker_config, dtype=torch.bfloat16)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if ".visual." in key or tensor.numel() == 0:
+            continue  # the server never loads the vision tower
+        state[builder.published_key("thinker." + key)] = tensor.detach().to("cpu").contiguous()
+    del model
+    return state
+
+
+def random_awq(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """AWQ GEMM layout with random packed weights: the format is what costs memory and time, not the values."""
+    out = {}
+    generator = torch.Generator().manual_seed(0)
+    for key, tensor in state.items():
+        if builder.is_awq_target(key):
+            base = key[: -len(".weight")]
+            out_features, in_features = tensor.shape
+            groups = in_features // builder.AWQ_GROUP_SIZE
+            out[f"{base}.qweight"] = torch.randint(-2**31, 2**31 - 1, (in_features, out_features // 8),
+                                                   dtype=torch.int32, generator=generator)
+            out[f"{base}.qzeros"] = torch.full((groups, out_features // 8), 0x88888888 - 2**32, dtype=torch.int32)
+            out[f"{base}.scales"] = torch.full((groups, out_features), 0.002, dtype=torch.float16)
+        else:
+            out[key] = tensor.half() if tensor.is_floating_point() else tensor
+    return out
+
+
+def write(out: Path, config: dict, state: dict[str, torch.Tensor], ids: dict[str, int]) -> Path:
+    """A local checkpoint in the published layout, holding the thinker's weights (all the server reads)."""
+    builder.write_checkpoint(out, config, state, ids)
+    return out
+
+
+def forced_generate(engine: QwenOmniEngine, clips: list[np.ndarray], new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, total seconds) for a batch that generates exactly ``new_tokens`` each."""
+    options = GenerationOptions(max_new_tokens=new_tokens, temperature=0.0, repetition_penalty=1.0)
+    inputs = engine._inputs(clips)
+    config = engine._generation_config(options, inputs["input_ids"].shape[1])
+    config.min_new_tokens = new_tokens
+    prefill_config = copy.deepcopy(config)
+    prefill_config.max_new_tokens = prefill_config.min_new_tokens = 1
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        sync()
+        started = time.monotonic()
+        engine.model.generate(**inputs, generation_config=prefill_config)
+        sync()
+        prefill = time.monotonic() - started
+        started = time.monotonic()
+        engine.model.generate(**inputs, generation_config=config)
+        sync()
+        total = time.monotonic() - started
+    return prefill, total
+
+
+def kv_cache_bytes(engine: QwenOmniEngine, tokens: int, batch: int) -> int:
+    text = engine.model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * engine.model.dtype.itemsize * tokens \
+        * batch
+
+
+def measure(checkpoint: Path, device: str, segment_seconds: list[float], batches: list[int],
+            rtf_segment: float) -> dict:
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.monotonic()
+    engine = QwenOmniEngine.load(checkpoint, device=device)
+    result: dict = {"load_s": round(time.monotonic() - started, 2)}
+    weights = torch.cuda.memory_allocated() if cuda else 0
+    result["weights_gb"] = round(weights / GIB, 2)
+    rng = np.random.default_rng(0)
+
+    def clip(seconds: float) -> np.ndarray:
+        return (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+
+    forced_generate(engine, [clip(5.0)], 4)  # warm-up: kernels, allocator
+    for seconds in segment_seconds:
+        new_tokens = int(TOKENS_PER_SECOND * seconds)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        prefill, total = forced_generate(engine, [clip(seconds)], new_tokens)
+        prompt = audio_token_count(int(seconds * 100)) + 40
+        row = {
+            "prefill_tok_s": round(prompt / prefill),
+            "decode_tok_s": round(new_tokens / max(total - prefill, 1e-9)),
+            "kv_cache_gb": round(kv_cache_bytes(engine, prompt + new_tokens, 1) / GIB, 3),
+        }
+        if cuda:
+            peak = torch.cuda.max_memory_allocated()
+            row["peak_gb"] = round(peak / GIB, 2)
+            row["activations_gb"] = round((peak - weights) / GIB - row["kv_cache_gb"], 2)
+        result[f"segment_{seconds:g}s"] = row
+    throughput = {}
+    for batch in batches:
+        _, total = forced_generate(engine, [clip(rtf_segment) for _ in range(batch)],
+                                   int(TOKENS_PER_SECOND * rtf_segment))
+        throughput[batch] = total
+        result[f"rtf_batch{batch}"] = round(total / (batch * rtf_segment), 4)
+    if 1 in throughput and 8 in throughput:
+        result["batch8_over_batch1_throughput"] = round(8 * throughput[1] / throughput[8], 2)
+    engine.close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="the tiny checkpoint instead of 7B (a smoke test)")
+    parser.add_argument("--segments", type=float, nargs="+", default=[30.0, 60.0, 120.0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--rtf-segment", type=float, default=60.0, help="segment length for the RTF runs")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("no CUDA device: run on a GPU machine, or use --tiny --device cpu")
+    report: dict = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+                    "model": "tiny" if args.tiny else "Qwen2.5-Omni-7B thinker (random weights)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        scratch = work / "tokenizer"
+        scratch.mkdir()
+        ids = builder.build_tokenizer(scratch)
+        config = builder.omni_config(ids) if args.tiny else full_size_config(ids)
+        build_device = args.device if args.device.startswith("cuda") else "cpu"
+        state = random_thinker_state(config, build_device)
+        bf16 = write(work / "bf16", config, state, ids)
+        awq_config = copy.deepcopy(config)
+        awq_config["quantization_config"] = {"bits": 4, "group_size": builder.AWQ_GROUP_SIZE,
+                                             "modules_to_not_convert": ["visual"], "quant_method": "awq",
+                                             "version": "gemm", "zero_point": True}
+        awq = write(work / "awq", awq_config, random_awq(state), ids)
+        del state
+        for name, checkpoint in (("awq", awq), ("bf16", bf16)):
+            report[name] = measure(checkpoint, args.device, args.segments, args.batches, args.rtf_segment)
+            print(name, json.dumps(report[name]), file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
