@@ -192,12 +192,12 @@ def _window_energy(samples: np.ndarray, window: int, hop: int) -> np.ndarray:
 def quietest_cut(samples: np.ndarray) -> int:
     """Where to end a segment that may not exceed ``len(samples)``: in the quietest pause near its end.
 
-    The search covers the last third of the segment (at most the last ``CUT_SEARCH_SECONDS``); among the
+    The search covers the second half of the segment (at most the last ``CUT_SEARCH_SECONDS``); among the
     runs of quietest windows it takes the longest pause and cuts in its middle. Audio without a clear dip
     (music, a tone) is cut at the limit.
     """
     limit = samples.size
-    search = min(round(CUT_SEARCH_SECONDS * SAMPLE_RATE), limit // 3)
+    search = min(round(CUT_SEARCH_SECONDS * SAMPLE_RATE), limit // 2)
     window = min(round(CUT_WINDOW_SECONDS * SAMPLE_RATE), search)
     hop = max(1, round(0.01 * SAMPLE_RATE))
     if window < hop:
