@@ -34,9 +34,36 @@ from .audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-# The model authors' ASR recipe (Qwen2.5-Omni cookbook "universal audio understanding").
+# The model authors' ASR recipe (Qwen2.5-Omni cookbook "universal audio understanding"): a fixed system
+# prompt and an instruction naming the language; punctuation is kept (subtitles need it).
 SYSTEM_PROMPT = "You are a speech recognition model."
 DEFAULT_INSTRUCTION = "Transcribe the audio into text."
+
+# ISO 639-1 (and yue) codes the transcription instruction can name.
+LANGUAGES = {
+    "en": "English", "zh": "Chinese", "yue": "Cantonese", "ja": "Japanese", "ko": "Korean", "de": "German",
+    "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic",
+    "hi": "Hindi", "id": "Indonesian", "th": "Thai", "vi": "Vietnamese", "tr": "Turkish", "nl": "Dutch",
+    "pl": "Polish", "sv": "Swedish", "ms": "Malay", "uk": "Ukrainian", "cs": "Czech", "fi": "Finnish",
+}
+# The cookbook asks for Chinese in Chinese.
+_NATIVE_INSTRUCTIONS = {"zh": "请将这段中文语音转换为纯文本。", "yue": "請將這段粵語語音轉換為純文本。"}
+_NATIVE_CONTEXT = {"zh": "音频中可能出现这些词：{}", "yue": "音頻中可能出現這些詞：{}"}
+
+
+def instruction_for(language: str = "auto", prompt: str = "") -> str:
+    """The user-turn instruction: which language to transcribe, and context words (names, jargon) if any."""
+    if language in _NATIVE_INSTRUCTIONS:
+        instruction = _NATIVE_INSTRUCTIONS[language]
+    elif language in LANGUAGES:
+        instruction = f"Transcribe the {LANGUAGES[language]} audio into text."
+    else:
+        instruction = DEFAULT_INSTRUCTION
+    prompt = " ".join(prompt.split())
+    if prompt:
+        context = _NATIVE_CONTEXT.get(language, "The audio may mention: {}")
+        instruction = f"{instruction} {context.format(prompt)}"
+    return instruction
 AUDIO_TOKEN = "<|AUDIO|>"
 END_OF_TURN_TOKEN = "<|im_end|>"
 END_OF_TEXT_TOKEN = "<|endoftext|>"
@@ -55,6 +82,7 @@ class GenerationOptions:
     max_new_tokens: int = 8192
     temperature: float = 0.1  # 0 = greedy
     repetition_penalty: float = 1.1
+    instruction: str = DEFAULT_INSTRUCTION
 
 
 def audio_token_count(mel_frames: int) -> int:
@@ -155,7 +183,9 @@ class QwenOmniEngine:
         self._stop_ids = [end_of_turn_id, end_of_text_id]
         self._pad_id = end_of_text_id
         self._max_positions = model.config.text_config.max_position_embeddings
-        self._prompt = self._render_prompt(chat_template, DEFAULT_INSTRUCTION)
+        self._chat_template = chat_template
+        self._prompts: dict[str, str] = {}
+        self._prompt = self.prompt_for(DEFAULT_INSTRUCTION)  # also checks the template once, at load
 
     @classmethod
     def load(cls, checkpoint: Path, *, device: str = "auto", flash_attn2: bool = False) -> QwenOmniEngine:
@@ -217,15 +247,20 @@ class QwenOmniEngine:
     def device(self) -> torch.device:
         return self.model.device
 
-    def _render_prompt(self, chat_template: str, instruction: str) -> str:
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "audio"}]},
-        ]
-        prompt = self.tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
-                                                    add_generation_prompt=True)
-        if prompt.count(AUDIO_TOKEN) != 1:
-            raise EngineLoadError("the chat template does not render exactly one audio placeholder")
+    def prompt_for(self, instruction: str) -> str:
+        """The chat-template rendering of the ASR turn for ``instruction`` (with one audio placeholder)."""
+        prompt = self._prompts.get(instruction)
+        if prompt is None:
+            messages = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "audio"}]},
+            ]
+            prompt = self.tokenizer.apply_chat_template(messages, chat_template=self._chat_template,
+                                                        tokenize=False, add_generation_prompt=True)
+            if prompt.count(AUDIO_TOKEN) != 1:
+                raise EngineLoadError("the chat template does not render exactly one audio placeholder")
+            if len(self._prompts) < 256:  # a few languages x prompts; do not grow without bound
+                self._prompts[instruction] = prompt
         return prompt
 
     def _features(self, samples: np.ndarray) -> torch.Tensor:
@@ -241,7 +276,7 @@ class QwenOmniEngine:
         features = extractor([padded], sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="pt")
         return features["input_features"][:, :, :frames]
 
-    def _inputs(self, batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def _inputs(self, batch: list[np.ndarray], instruction: str = DEFAULT_INSTRUCTION) -> dict[str, torch.Tensor]:
         """Model inputs for a batch of clips: prompts left-padded, features right-padded and masked."""
         features = [self._features(samples)[0] for samples in batch]
         frames = [f.shape[-1] for f in features]
@@ -251,7 +286,8 @@ class QwenOmniEngine:
         for i, f in enumerate(features):
             input_features[i, :, : f.shape[-1]] = f
             feature_mask[i, : f.shape[-1]] = 1
-        prompts = [self._prompt.replace(AUDIO_TOKEN, AUDIO_TOKEN * audio_token_count(n)) for n in frames]
+        template = self.prompt_for(instruction)
+        prompts = [template.replace(AUDIO_TOKEN, AUDIO_TOKEN * audio_token_count(n)) for n in frames]
         tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
         device = self.device
         return {
@@ -283,7 +319,7 @@ class QwenOmniEngine:
 
     def transcribe_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[str]:
         """Raw transcripts of several segments, generated together (each stops at its own end token)."""
-        inputs = self._inputs([np.asarray(samples, dtype=np.float32) for samples in batch])
+        inputs = self._inputs([np.asarray(samples, dtype=np.float32) for samples in batch], options.instruction)
         prompt_tokens = inputs["input_ids"].shape[1]
         generation_config = self._generation_config(options, prompt_tokens)
         try:

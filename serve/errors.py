@@ -107,7 +107,21 @@ def failure_of(exc: BaseException) -> JobFailure:
     return JobFailure(f"transcription failed ({type(exc).__name__}); see the server log", "transcription_failed")
 
 
+OPENAI_PREFIX = "/v1/"
+
+
+def _openai_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
 def error_response(message: str, code: str, status: int, param: str | None = None) -> tuple[Response, int]:
+    """The native error shape, or OpenAI's ``{"error": {message, type, param, code}}`` under /v1/."""
+    if request.path.startswith(OPENAI_PREFIX):
+        return jsonify(error={"message": message, "type": _openai_type(status), "param": param, "code": code}), status
     body = {"status": "error", "error": message, "code": code}
     if param:
         body["param"] = param

@@ -10,7 +10,6 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     segments_done INTEGER NOT NULL DEFAULT 0,
     segments_total INTEGER,
     audio_seconds_done REAL NOT NULL DEFAULT 0,
+    partial TEXT,
     result TEXT,
     output_file TEXT,
     error TEXT,
@@ -46,7 +46,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_completion ON jobs (completed_at);
 
 _COLUMNS = ("id", "kind", "status", "stage", "filename", "input_path", "output_format", "params",
             "audio_duration", "created_at", "started_at", "completed_at", "segments_done", "segments_total",
-            "audio_seconds_done", "result", "output_file", "error", "error_code", "error_status")
+            "audio_seconds_done", "partial", "result", "output_file", "error", "error_code", "error_status")
 
 
 def _time(value: datetime | None) -> str | None:
@@ -63,10 +63,15 @@ def _row(job: Job) -> tuple[Any, ...]:
         job.id, job.kind.value, job.status.value, job.stage, job.filename, str(job.input_path), job.output_format,
         json.dumps(job.params), job.audio_duration, _time(job.created_at), _time(job.started_at),
         _time(job.completed_at), job.progress.segments_done, job.progress.segments_total,
-        job.progress.audio_seconds_done, json.dumps(job.result, ensure_ascii=False) if job.result is not None
-        else None, job.output_file, failure.message if failure else None, failure.code if failure else None,
+        job.progress.audio_seconds_done, _partial_json(job.progress),
+        json.dumps(job.result, ensure_ascii=False) if job.result is not None else None, job.output_file,
+        failure.message if failure else None, failure.code if failure else None,
         failure.http_status if failure else None,
     )
+
+
+def _partial_json(progress: Progress) -> str | None:
+    return json.dumps(list(progress.partial), ensure_ascii=False) if progress.partial else None
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -86,7 +91,8 @@ def _job(row: sqlite3.Row) -> Job:
         created_at=_parse_time(row["created_at"]),  # type: ignore[arg-type]
         started_at=_parse_time(row["started_at"]),
         completed_at=_parse_time(row["completed_at"]),
-        progress=Progress(row["segments_done"], row["segments_total"], row["audio_seconds_done"]),
+        progress=Progress(row["segments_done"], row["segments_total"], row["audio_seconds_done"],
+                          tuple(json.loads(row["partial"])) if row["partial"] else ()),
         result=json.loads(row["result"]) if row["result"] is not None else None,
         output_file=row["output_file"],
         failure=failure,
@@ -105,6 +111,10 @@ class SqliteJobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in (("partial", "TEXT"),):  # tables made by earlier versions
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -119,8 +129,9 @@ class SqliteJobStore:
         self._query(f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", _row(job))
 
     def update_progress(self, job_id: str, progress: Progress) -> None:
-        self._query("UPDATE jobs SET segments_done = ?, segments_total = ?, audio_seconds_done = ? WHERE id = ?",
-                    (*asdict(progress).values(), job_id))
+        self._query("UPDATE jobs SET segments_done = ?, segments_total = ?, audio_seconds_done = ?, partial = ? "
+                    "WHERE id = ?", (progress.segments_done, progress.segments_total, progress.audio_seconds_done,
+                                     _partial_json(progress), job_id))
 
     def get(self, job_id: str) -> Job | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))

@@ -54,6 +54,7 @@ class Progress:
     segments_done: int = 0
     segments_total: int | None = None
     audio_seconds_done: float = 0.0
+    partial: tuple[dict[str, Any], ...] = ()  # the transcript so far: JSON-able pieces
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,15 @@ class JobControl:
     def __init__(self, queue: JobQueue, job_id: str) -> None:
         self._queue = queue
         self.job_id = job_id
+        self._pieces: list[dict[str, Any]] = []
 
-    def report(self, segments_done: int, segments_total: int | None, audio_seconds_done: float) -> None:
-        self._queue.store.update_progress(self.job_id, Progress(segments_done, segments_total, audio_seconds_done))
+    def report(self, segments_done: int, segments_total: int | None, audio_seconds_done: float,
+               piece: dict[str, Any] | None = None) -> None:
+        """A segment is done (with its transcribed piece, unless it was silent)."""
+        if piece is not None:
+            self._pieces.append(piece)
+        self._queue.store.update_progress(self.job_id, Progress(segments_done, segments_total, audio_seconds_done,
+                                                                tuple(self._pieces)))
 
     def should_stop(self) -> bool:
         return self._queue.cancel_requested(self.job_id)

@@ -13,6 +13,7 @@ from .config import (
     MIN_SEGMENT_SECONDS,
     Settings,
 )
+from .engine import LANGUAGES
 from .errors import InvalidParameter
 from .transcriber import TranscriptionParams
 
@@ -70,8 +71,36 @@ def _boolean(form: Mapping[str, str], name: str, default: bool) -> bool:
                            param=name)
 
 
+OPENCC_CONFIGS = ("s2t", "s2tw", "s2twp", "s2hk", "t2s")
+MAX_PROMPT_CHARS = 1000
+
+
+def _choice(form: Mapping[str, str], name: str, choices: tuple[str, ...] | list[str], default: str | None
+            ) -> str | None:
+    raw = _given(form, name)
+    if raw is None:
+        return default
+    value = raw.lower()
+    if value not in choices:
+        raise InvalidParameter(f"{name} must be one of {', '.join(choices)} (got {raw[:40]!r})", param=name)
+    return value
+
+
+def parse_language(form: Mapping[str, str]) -> str:
+    return _choice(form, "language", ["auto", *LANGUAGES], "auto") or "auto"
+
+
+def parse_prompt(form: Mapping[str, str]) -> str:
+    prompt = _given(form, "prompt") or ""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidParameter(f"prompt must be at most {MAX_PROMPT_CHARS} characters", param="prompt")
+    return prompt
+
+
 def parse_params(form: Mapping[str, str], defaults: Settings) -> TranscriptionParams:
     """The request's parameters, each falling back to the server's default when absent or empty."""
+    enable_s2t = _boolean(form, "enable_s2t", False)
+    opencc = _choice(form, "opencc", OPENCC_CONFIGS, defaults.opencc_config if enable_s2t else None)
     return TranscriptionParams(
         segment_duration=_number(form, "segment_duration", defaults.segment_duration,
                                  MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS),
@@ -79,5 +108,8 @@ def parse_params(form: Mapping[str, str], defaults: Settings) -> TranscriptionPa
         temperature=_number(form, "temperature", defaults.temperature, 0.0, MAX_TEMPERATURE),
         repetition_penalty=_number(form, "repetition_penalty", defaults.repetition_penalty, 0.0,
                                    MAX_REPETITION_PENALTY, low_inclusive=False),
-        enable_s2t=_boolean(form, "enable_s2t", False),
+        enable_s2t=enable_s2t,
+        language=parse_language(form),
+        prompt=parse_prompt(form),
+        opencc=opencc,
     )

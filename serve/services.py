@@ -22,7 +22,6 @@ from .jobs import Job, JobControl, JobKind, JobQueue, new_job_id
 from .model_manager import ModelManager
 from .outputs import OutputStore
 from .transcriber import Transcriber, TranscriptionParams
-from .transcript import Transcript
 from .uploads import Upload
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,7 @@ JOB_DATABASE = "jobs.sqlite3"
 RENDERERS = {
     "txt": formats.to_txt,
     "srt": formats.to_srt,
+    "vtt": formats.to_vtt,
 }
 
 
@@ -73,7 +73,7 @@ class Services:
             engine_loader(settings), unloader=_close, idle_timeout=settings.idle_timeout,
             name="Qwen2.5-Omni thinker",
         )
-        transcriber = Transcriber(models, opencc_config=settings.opencc_config, scratch_dir=settings.temp_dir)
+        transcriber = Transcriber(models, scratch_dir=settings.temp_dir)
         outputs = OutputStore(settings.outputs_dir)
         store = SqliteJobStore(Path(settings.data_dir) / JOB_DATABASE)
 
@@ -126,8 +126,3 @@ class Services:
 
 def services() -> Services:
     return current_app.extensions[EXTENSION_KEY]
-
-
-def transcript_of(job: Job) -> Transcript:
-    assert job.result is not None
-    return Transcript.from_dict(job.result)

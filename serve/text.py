@@ -77,17 +77,18 @@ def _converter(config: str):  # type: ignore[no-untyped-def]
 
 
 def to_traditional(text: str, config: str = "s2t") -> str:
-    """Simplified -> Traditional Chinese with OpenCC (``s2t``, or a regional variant such as ``s2tw``)."""
+    """Chinese script conversion with OpenCC: ``s2t`` (Simplified -> Traditional), a regional variant such as
+    ``s2tw``/``s2twp``/``s2hk``, or back with ``t2s``."""
     with _converter_lock:
         converter = _converter(config)
     return converter.convert(text)
 
 
-def clean_transcript(raw: str, *, to_traditional_config: str | None = None) -> str:
+def clean_transcript(raw: str, *, opencc: str | None = None) -> str:
     """Everything done to one segment's raw output, in order."""
     text = limit_repetitions(strip_wrappers(raw))
-    if to_traditional_config:
-        text = to_traditional(text, to_traditional_config)
+    if opencc:
+        text = to_traditional(text, opencc)
     return text.strip()
 
 
@@ -100,13 +101,17 @@ def _is_cjk(char: str) -> bool:
     )
 
 
+def separator(left: str, right: str) -> str:
+    """What goes between two transcript pieces: a space between alphabetic text, nothing next to CJK."""
+    if not left or not right or _is_cjk(left[-1]) or _is_cjk(right[0]):
+        return ""
+    return " "
+
+
 def join_pieces(texts: list[str]) -> str:
     """Join segment transcripts: one space between alphabetic neighbours, none next to CJK text."""
     out = ""
     for text in (t.strip() for t in texts):
-        if not text:
-            continue
-        if out and not (_is_cjk(out[-1]) or _is_cjk(text[0])):
-            out += " "
-        out += text
+        if text:
+            out += separator(out, text) + text
     return out

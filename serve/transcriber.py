@@ -20,14 +20,15 @@ from typing import Protocol
 import numpy as np
 
 from .audio import Segment, decode_segments
-from .engine import EngineOutOfMemory, GenerationOptions
+from .engine import EngineOutOfMemory, GenerationOptions, instruction_for
 from .model_manager import ModelManager
 from .text import clean_transcript, join_pieces
 from .transcript import Piece, Transcript
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int | None, float], None]  # segments done, total (estimate), seconds done
+# segments done, total (an estimate), audio seconds done, and the segment's piece (None when it was silent)
+ProgressCallback = Callable[[int, int | None, float, dict | None], None]
 
 
 class TranscriptionStopped(Exception):
@@ -51,12 +52,16 @@ class TranscriptionParams:
     max_new_tokens: int
     temperature: float
     repetition_penalty: float
-    enable_s2t: bool
+    enable_s2t: bool = False
+    language: str = "auto"
+    prompt: str = ""
+    opencc: str | None = None  # the OpenCC conversion to apply (s2t, s2tw, s2twp, s2hk, t2s), if any
 
     @property
     def generation(self) -> GenerationOptions:
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                 repetition_penalty=self.repetition_penalty)
+                                 repetition_penalty=self.repetition_penalty,
+                                 instruction=instruction_for(self.language, self.prompt))
 
 
 class SpeechRecognizer(Protocol):
@@ -77,10 +82,8 @@ def _submit(recognizer: SpeechRecognizer, samples: np.ndarray, options: Generati
 
 
 class Transcriber:
-    def __init__(self, models: ModelManager[SpeechRecognizer], *, opencc_config: str = "s2t",
-                 scratch_dir: Path | None = None) -> None:
+    def __init__(self, models: ModelManager[SpeechRecognizer], *, scratch_dir: Path | None = None) -> None:
         self.models = models
-        self.opencc_config = opencc_config
         self.scratch_dir = scratch_dir
 
     def __call__(self, audio_path: Path, params: TranscriptionParams, *, expected_duration: float | None = None,
@@ -99,12 +102,15 @@ class Transcriber:
                 futures = [_submit(recognizer, s.samples, params.generation) if not s.is_silent() else None
                            for _, s in group]
                 for (done, segment), future in zip(group, futures, strict=True):
+                    piece = None
                     if future is not None:
                         text = self._text(recognizer, segment, future, params)
                         log.debug("segment %d [%.2f-%.2f]: %r", segment.index, segment.start, segment.end, text)
-                        pieces.append(Piece(start=segment.start, end=segment.end, text=text))
+                        piece = Piece(start=segment.start, end=segment.end, text=text)
+                        pieces.append(piece)
                     if progress is not None:
-                        progress(done, max(total, done) if total else None, segment.cut_end)
+                        progress(done, max(total, done) if total else None, segment.cut_end,
+                                 piece.to_dict() if piece else None)
                 group.clear()
 
             for done, segment in enumerate(decode_segments(audio_path, params.segment_duration,
@@ -124,10 +130,8 @@ class Transcriber:
 
     def _text(self, recognizer: SpeechRecognizer, segment: Segment, future: Future[str],
               params: TranscriptionParams) -> str:
-        to_traditional = self.opencc_config if params.enable_s2t else None
-
         def clean(raw: str) -> str:
-            return clean_transcript(raw, to_traditional_config=to_traditional)
+            return clean_transcript(raw, opencc=params.opencc)
 
         try:
             return clean(future.result())

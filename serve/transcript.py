@@ -16,6 +16,9 @@ class Piece:
     end: float
     text: str
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "text": self.text}
+
 
 @dataclass(frozen=True)
 class Transcript:
@@ -28,8 +31,7 @@ class Transcript:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as stored with a job."""
-        return {"duration": self.duration,
-                "pieces": [{"start": p.start, "end": p.end, "text": p.text} for p in self.pieces]}
+        return {"duration": self.duration, "pieces": [p.to_dict() for p in self.pieces]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Transcript:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
+import pytest
 import srt
 
 from serve.formats import to_segments, to_srt, to_txt
@@ -40,3 +42,62 @@ def test_segments_skip_empty_pieces() -> None:
         {"id": 0, "start": 0.0, "end": 10.0, "text": "第一段"},
         {"id": 1, "start": 20.0, "end": 23.456, "text": "第三段 text"},
     ]
+
+
+def test_vtt_has_the_same_cues_with_dot_milliseconds() -> None:
+    from serve.formats import to_vtt
+
+    vtt = to_vtt(transcript())
+    assert vtt.startswith("WEBVTT\n\n")
+    assert "00:00:00.000 --> 00:00:10.000\n第一段\n" in vtt
+    assert "00:00:20.000 --> 00:00:23.456\n第三段 text\n" in vtt
+    assert to_vtt(Transcript((Piece(0, 1, "a --> b"),), 1.0)).count("-->") == 1  # cue text cannot end a cue
+
+
+def test_long_texts_become_readable_cues_timed_in_proportion() -> None:
+    from serve.formats import LINE_COLUMNS, shape_cues
+
+    english = Piece(10.0, 22.0, "The meeting started at nine in the morning, and everyone agreed that the new design "
+                                "was a clear improvement over the old one. Please send the report before Friday.")
+    cues = shape_cues(english)
+    assert len(cues) >= 2 and cues[0].start == 10.0 and cues[-1].end == 22.0
+    for a, b in itertools.pairwise(cues):
+        assert a.end == pytest.approx(b.start)
+    for cue in cues:
+        lines = cue.text.split("\n")
+        assert 1 <= len(lines) <= 2 and all(len(line) <= LINE_COLUMNS for line in lines)
+    assert " ".join(c.text.replace("\n", " ") for c in cues) == english.text
+    # Durations follow the characters shown.
+    chars = [len(c.text.replace("\n", "")) for c in cues]
+    for cue, n in zip(cues, chars, strict=True):
+        assert (cue.end - cue.start) == pytest.approx(12.0 * n / sum(chars), rel=0.05)
+
+
+def test_cjk_lines_are_shorter_and_break_after_punctuation() -> None:
+    from serve.formats import shape_cues
+
+    chinese = Piece(0.0, 10.0, "今天的会议讨论了新设计的优点，大家一致认为它比旧版本有明显的改进。"
+                               "请在星期五下午之前把报告发给我，谢谢大家的参与。")
+    cues = shape_cues(chinese)
+    lines = [line for c in cues for line in c.text.split("\n")]
+    assert all(len(line) <= 21 for line in lines)
+    assert lines[0].endswith("，")
+    assert "".join(lines) == chinese.text
+
+
+def test_short_pieces_stay_one_cue() -> None:
+    from serve.formats import shape_cues
+
+    assert [c.text for c in shape_cues(Piece(0, 2, "Hello world."))] == ["Hello world."]
+    assert shape_cues(Piece(0, 2, "   ")) == []
+
+
+def test_verbose_json_fields() -> None:
+    from serve.formats import to_verbose_json
+
+    body = to_verbose_json(transcript(), language="zh", temperature=0.0)
+    assert body["task"] == "transcribe" and body["language"] == "zh" and body["duration"] == 23.456
+    assert body["text"] == "第一段第三段 text"
+    first = body["segments"][0]
+    assert (first["start"], first["end"], first["seek"], first["temperature"]) == (0.0, 10.0, 0, 0.0)
+    assert first["compression_ratio"] > 0

@@ -36,7 +36,8 @@ def test_opencc_simplified_to_traditional() -> None:
 
 
 def test_clean_transcript_applies_everything() -> None:
-    assert clean_transcript("The audio says: 这是转录的文本内容", to_traditional_config="s2t") == "這是轉錄的文本內容"
+    assert clean_transcript("The audio says: 这是转录的文本内容", opencc="s2t") == "這是轉錄的文本內容"
+    assert clean_transcript("這是轉錄的文本內容", opencc="t2s") == "这是转录的文本内容"
     assert clean_transcript("  这是  ") == "这是"
 
 

@@ -2,6 +2,7 @@
 
 from .health import bp as health_bp
 from .jobs import bp as jobs_bp
+from .openai import bp as openai_bp
 from .transcribe import bp as transcribe_bp
 
-BLUEPRINTS = (health_bp, transcribe_bp, jobs_bp)
+BLUEPRINTS = (health_bp, transcribe_bp, jobs_bp, openai_bp)

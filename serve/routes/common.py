@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from datetime import datetime
 from typing import Any
 
+from flask import Response, send_file
+
+from .. import formats
 from ..jobs import Job, JobStatus
-from ..transcript import Transcript
+from ..services import RENDERERS
+from ..transcript import Piece, Transcript
+from ..uploads import content_disposition, download_name
+
+MIMETYPES = {"txt": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -36,6 +44,9 @@ def job_body(job: Job, *, with_result: bool = True) -> dict[str, Any]:
     if job.status is JobStatus.PROCESSING:
         body["stage"] = job.stage
         body["started_at"] = iso(job.started_at)
+        body["progress"]["eta_seconds"] = eta_seconds(job)
+        pieces = tuple(Piece(p["start"], p["end"], p["text"]) for p in progress.partial)
+        body["partial_transcription"] = Transcript(pieces).text
     elif job.status is JobStatus.COMPLETED:
         assert job.result is not None
         transcript = Transcript.from_dict(job.result)
@@ -47,3 +58,37 @@ def job_body(job: Job, *, with_result: bool = True) -> dict[str, Any]:
         assert job.failure is not None
         body.update(error=job.failure.message, code=job.failure.code, completed_at=iso(job.completed_at))
     return body
+
+
+def eta_seconds(job: Job) -> float | None:
+    """Time left at the pace so far (None until a segment is done or when the length is unknown)."""
+    done = job.progress.audio_seconds_done
+    if not (job.started_at and job.audio_duration and done > 0):
+        return None
+    elapsed = (datetime.now() - job.started_at).total_seconds()
+    return round(max(0.0, elapsed / done * (job.audio_duration - done)), 1)
+
+
+def attachment(job: Job, extension: str) -> Response:
+    """The job's transcript as a download named after the upload (``audio.mp3`` -> ``audio.srt``)."""
+    transcript = Transcript.from_dict(job.result or {"pieces": [], "duration": 0})
+    body = RENDERERS[extension](transcript).encode("utf-8")
+    response = send_file(io.BytesIO(body), mimetype=MIMETYPES[extension])
+    response.headers["Content-Disposition"] = content_disposition(download_name(job.filename, extension))
+    response.headers["X-Output-File"] = job.output_file or ""
+    return response
+
+
+def transcript_json(job: Job) -> dict[str, Any]:
+    """The native JSON answer for a finished job (the guide's fields, plus segments)."""
+    transcript = Transcript.from_dict(job.result or {"pieces": [], "duration": 0})
+    return {
+        "status": "success",
+        "transcription": transcript.text,
+        "output_file": job.output_file,
+        "timestamp": now_iso(),
+        "job_id": job.id,
+        "filename": job.filename,
+        "duration": round(transcript.duration, 3),
+        "segments": formats.to_segments(transcript),
+    }

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request
 from ..errors import Conflict, InvalidParameter, NotFound
 from ..jobs import Job, JobStatus
 from ..services import services
-from .common import job_body
+from .common import attachment, job_body, transcript_json
 
 bp = Blueprint("jobs", __name__)
 
@@ -24,6 +24,20 @@ def _job(job_id: str) -> Job:
 @bp.get("/status/<job_id>")
 def job_status(job_id: str):  # type: ignore[no-untyped-def]
     return jsonify(job_body(_job(job_id)))
+
+
+@bp.get("/result/<job_id>")
+def job_result(job_id: str):  # type: ignore[no-untyped-def]
+    """A finished job's transcript, in any format: ``?format=txt|json|srt|vtt`` (default json)."""
+    wanted = request.args.get("format", "json").lower()
+    if wanted not in ("txt", "json", "srt", "vtt"):
+        raise InvalidParameter("format must be txt, json, srt or vtt", param="format")
+    job = _job(job_id)
+    if job.status is not JobStatus.COMPLETED:
+        raise Conflict(f"job {job_id} has no result: it is {job.status.value}", param="job_id")
+    if wanted == "json":
+        return jsonify(transcript_json(job))
+    return attachment(job, wanted)
 
 
 @bp.get("/jobs")

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import select
 import socket
 
-from flask import Blueprint, g, jsonify, request, send_file, url_for
+from flask import Blueprint, g, jsonify, request, url_for
 
-from .. import formats
 from ..audio import UndecodableAudio, probe
 from ..errors import JobFailed, QueueFullError, ShuttingDownError, UnsupportedMedia
 from ..jobs import Job, JobKind, JobStatus, QueueFull, ShuttingDown
 from ..params import parse_params
-from ..services import RENDERERS, services, transcript_of
-from ..uploads import content_disposition, download_name, take_upload
-from .common import job_body, now_iso
+from ..services import services
+from ..transcriber import TranscriptionParams
+from ..uploads import take_upload
+from .common import attachment, job_body, transcript_json
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("transcribe", __name__)
 
-_MIMETYPES = {"txt": "text/plain", "srt": "application/x-subrip"}
 # How often a waiting synchronous request checks that its client is still there.
 DISCONNECT_POLL_SECONDS = 0.5
 
@@ -39,9 +37,10 @@ def client_disconnected(environ: dict) -> bool:
         return True
 
 
-def _submit(output_format: str, kind: JobKind) -> Job:
+def submit_upload(output_format: str, kind: JobKind, params: TranscriptionParams | None = None) -> Job:
     """Validate the parameters, claim the upload, check that ffmpeg can read it, queue the job."""
-    params = parse_params(request.form, services().settings)
+    if params is None:
+        params = parse_params(request.form, services().settings)
     upload = take_upload(request)  # type: ignore[arg-type]
     try:
         info = probe(upload.path)
@@ -60,8 +59,13 @@ def _submit(output_format: str, kind: JobKind) -> Job:
     return job
 
 
-def _transcribe_now(output_format: str) -> Job:
-    job = _submit(output_format, JobKind.SYNC)
+def transcribe_now(output_format: str, params: TranscriptionParams | None = None) -> Job:
+    """Run a job for this request's upload and wait for it (cancelling it if the client hangs up)."""
+    return wait_for(submit_upload(output_format, JobKind.SYNC, params))
+
+
+def wait_for(job: Job) -> Job:
+    """The finished job; raises the job's failure as an API error."""
     jobs = services().jobs
     environ = request.environ
     while (finished := jobs.wait(job.id, timeout=DISCONNECT_POLL_SECONDS)) is None:
@@ -78,43 +82,29 @@ def _transcribe_now(output_format: str) -> Job:
     return finished
 
 
-def _attachment(job: Job, extension: str):  # type: ignore[no-untyped-def]
-    body = RENDERERS[extension](transcript_of(job)).encode("utf-8")
-    response = send_file(io.BytesIO(body), mimetype=_MIMETYPES[extension])
-    response.headers["Content-Disposition"] = content_disposition(download_name(job.filename, extension))
-    response.headers["X-Output-File"] = job.output_file or ""
-    return response
-
-
 @bp.post("/transcribe/json")
 def transcribe_json():  # type: ignore[no-untyped-def]
-    job = _transcribe_now("txt")
-    transcript = transcript_of(job)
-    return jsonify(
-        status="success",
-        transcription=transcript.text,
-        output_file=job.output_file,
-        timestamp=now_iso(),
-        job_id=job.id,
-        filename=job.filename,
-        duration=round(transcript.duration, 3),
-        segments=formats.to_segments(transcript),
-    )
+    return jsonify(transcript_json(transcribe_now("txt")))
 
 
 @bp.post("/transcribe")
 def transcribe_text():  # type: ignore[no-untyped-def]
-    return _attachment(_transcribe_now("txt"), "txt")
+    return attachment(transcribe_now("txt"), "txt")
 
 
 @bp.post("/transcribe/srt")
 def transcribe_srt():  # type: ignore[no-untyped-def]
-    return _attachment(_transcribe_now("srt"), "srt")
+    return attachment(transcribe_now("srt"), "srt")
+
+
+@bp.post("/transcribe/vtt")
+def transcribe_vtt():  # type: ignore[no-untyped-def]
+    return attachment(transcribe_now("vtt"), "vtt")
 
 
 @bp.post("/transcribe/async")
 def transcribe_async():  # type: ignore[no-untyped-def]
-    job = _submit("txt", JobKind.ASYNC)
+    job = submit_upload("txt", JobKind.ASYNC)
     status_url = url_for("jobs.job_status", job_id=job.id)
     response = jsonify({**job_body(job), "status_url": status_url})
     response.status_code = 202

@@ -1,0 +1,131 @@
+"""OpenAI-compatible audio API: POST /v1/audio/transcriptions and GET /v1/models.
+
+Clients built for OpenAI (the ``openai`` SDKs, LangChain, Open WebUI, subtitle tools) work unchanged with
+``base_url=http://host:5000/v1``. Requests become the same jobs on the same queue as the native endpoints;
+errors take OpenAI's shape (see ``errors.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, jsonify, request
+
+from .. import formats
+from ..errors import InvalidParameter
+from ..jobs import Job, JobKind, JobStatus
+from ..params import parse_params
+from ..services import services
+from ..text import separator
+from ..transcript import Transcript
+from .transcribe import client_disconnected, submit_upload, wait_for
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAM_POLL_SECONDS = 0.1
+_STARTED = int(time.time())
+
+
+def _served_model() -> str:
+    return services().settings.checkpoint_path
+
+
+@bp.get("/models")
+def list_models():  # type: ignore[no-untyped-def]
+    return jsonify(object="list", data=[{"id": _served_model(), "object": "model", "created": _STARTED,
+                                         "owned_by": "qwen"}])
+
+
+def _options() -> tuple[str, bool]:
+    form = request.form
+    model = form.get("model", "")
+    if not model.strip() or len(model) > 256:
+        raise InvalidParameter("model is required (any name; this server serves one model, see /v1/models)",
+                               param="model")
+    response_format = (form.get("response_format") or "json").lower()
+    if response_format not in RESPONSE_FORMATS:
+        raise InvalidParameter(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
+                               param="response_format")
+    for granularity in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"):
+        if granularity != "segment":
+            raise InvalidParameter("only segment timestamps are available (the model does not time words)",
+                                   param="timestamp_granularities[]")
+    stream = (form.get("stream") or "false").lower() in ("true", "1")
+    if stream and response_format not in ("json", "text"):
+        raise InvalidParameter("stream=true is available with response_format json or text", param="stream")
+    return response_format, stream
+
+
+@bp.post("/audio/transcriptions")
+def create_transcription():  # type: ignore[no-untyped-def]
+    response_format, stream = _options()
+    params = parse_params(request.form, services().settings)
+    if stream:
+        return _stream(submit_upload("txt", JobKind.SYNC, params))
+    saved_as = response_format if response_format in ("srt", "vtt") else "txt"
+    job = wait_for(submit_upload(saved_as, JobKind.SYNC, params))
+    transcript = Transcript.from_dict(job.result or {"pieces": [], "duration": 0})
+    if response_format == "json":
+        return jsonify(text=transcript.text)
+    if response_format == "verbose_json":
+        return jsonify(formats.to_verbose_json(transcript, language=params.language, temperature=params.temperature))
+    renderer = {"text": formats.to_txt, "srt": formats.to_srt, "vtt": formats.to_vtt}[response_format]
+    mimetype = "text/vtt" if response_format == "vtt" else "text/plain"
+    return Response(renderer(transcript), mimetype=mimetype)
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _stream(job: Job) -> Response:
+    """Server-sent events: one ``transcript.text.delta`` per segment as it finishes, then ``transcript.text.done``.
+
+    The deltas are the segments' real texts, sent when the model has produced them (not a finished
+    transcript cut into pieces).
+    """
+    jobs = services().jobs
+    store = services().store
+    environ = request.environ
+
+    def events() -> Iterator[str]:
+        sent = 0
+        text_so_far = ""
+        try:
+            while True:
+                current = store.get(job.id)
+                if current is None:
+                    return
+                pieces = current.result["pieces"] if current.result else list(current.progress.partial)
+                for piece in pieces[sent:]:
+                    text = piece["text"].strip()
+                    if text:
+                        delta = separator(text_so_far, text) + text
+                        text_so_far += delta
+                        yield _event({"type": "transcript.text.delta", "delta": delta})
+                    sent += 1
+                if current.status is JobStatus.COMPLETED:
+                    text = Transcript.from_dict(current.result).text  # type: ignore[arg-type]
+                    yield _event({"type": "transcript.text.done", "text": text})
+                    return
+                if current.finished:
+                    failure = current.failure
+                    yield _event({"error": {"message": failure.message if failure else "transcription failed",
+                                            "type": "server_error", "param": None,
+                                            "code": failure.code if failure else None}})
+                    return
+                if client_disconnected(environ):
+                    jobs.cancel(job.id, "the client disconnected")
+                    return
+                time.sleep(STREAM_POLL_SECONDS)
+        except GeneratorExit:  # the client went away mid-stream
+            jobs.cancel(job.id, "the client disconnected")
+            raise
+
+    response = Response(events(), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # let nginx pass events through as they come
+    return response

@@ -1,0 +1,107 @@
+"""The OpenAI-compatible API, driven by the official ``openai`` Python package against the real server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import srt
+
+from serve.text import join_pieces
+from tests.e2e.test_guide_examples import Server, start_server
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "Qwen/Qwen2.5-Omni-7B-AWQ"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("openai")
+    shutil.copytree(tiny_awq_checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
+    server = start_server(root, "--local-model", "--api-key", "sk-local-test")
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-local-test", max_retries=0)
+
+
+def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [MODEL]
+
+
+def test_json(client: openai.OpenAI, audio_dir: Path) -> None:
+    with open(audio_dir / "speech.mp3", "rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f, language="en",
+                                                    prompt="Qwen, Omni", temperature=0.0)
+    assert isinstance(result, openai.types.audio.Transcription) and result.text
+
+
+def test_text(client: openai.OpenAI, audio_dir: Path) -> None:
+    with open(audio_dir / "speech.wav", "rb") as f:
+        text = client.audio.transcriptions.create(model=MODEL, file=f, response_format="text")
+    assert isinstance(text, str) and text.strip()
+
+
+def test_srt_and_vtt(client: openai.OpenAI, audio_dir: Path) -> None:
+    with open(audio_dir / "tone.wav", "rb") as f:
+        subtitles = client.audio.transcriptions.create(model=MODEL, file=f, response_format="srt",
+                                                       extra_body={"segment_duration": 2})
+    cues = list(srt.parse(subtitles))
+    assert cues and cues[0].start.total_seconds() == 0 and cues[-1].end.total_seconds() == pytest.approx(7.3)
+    with open(audio_dir / "tone.wav", "rb") as f:
+        webvtt = client.audio.transcriptions.create(model=MODEL, file=f, response_format="vtt",
+                                                    extra_body={"segment_duration": 2})
+    assert webvtt.startswith("WEBVTT\n\n00:00:00.000 --> ") and "00:00:07.300" in webvtt
+
+
+def test_verbose_json_has_real_segment_times(client: openai.OpenAI, audio_dir: Path) -> None:
+    with open(audio_dir / "tone.wav", "rb") as f:
+        result = client.audio.transcriptions.create(model=MODEL, file=f, response_format="verbose_json",
+                                                    timestamp_granularities=["segment"], language="zh",
+                                                    extra_body={"segment_duration": 2})
+    assert isinstance(result, openai.types.audio.TranscriptionVerbose)
+    assert result.language == "zh" and result.duration == pytest.approx(7.3)
+    assert [(s.start, s.end) for s in result.segments] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 7.3)]
+    assert result.text == join_pieces([s.text for s in result.segments])
+
+
+def test_streaming_sends_each_segment_as_it_finishes(client: openai.OpenAI, audio_dir: Path) -> None:
+    with open(audio_dir / "long_tone.wav", "rb") as f:
+        stream = client.audio.transcriptions.create(model=MODEL, file=f, stream=True,
+                                                    extra_body={"segment_duration": 5})
+        events = list(stream)
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    done = [e for e in events if e.type == "transcript.text.done"]
+    assert len(deltas) == 5 and len(done) == 1  # 25 s in 5 s segments
+    assert "".join(d.delta for d in deltas) == done[0].text
+
+
+@pytest.mark.parametrize(("kwargs", "param"), [
+    ({"response_format": "docx"}, "response_format"),
+    ({"timestamp_granularities": ["word"], "response_format": "verbose_json"}, "timestamp_granularities[]"),
+    ({"language": "klingon"}, "language"),
+    ({"temperature": 5}, "temperature"),
+    ({"stream": True, "response_format": "srt"}, "stream"),
+])
+def test_errors_use_openais_shape(client: openai.OpenAI, audio_dir: Path, kwargs: dict, param: str) -> None:
+    with open(audio_dir / "speech.wav", "rb") as f, pytest.raises(openai.BadRequestError) as exc:
+        client.audio.transcriptions.create(model=MODEL, file=f, **kwargs)
+    error = exc.value.body
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_not_audio_and_wrong_key(server: Server, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.audio.transcriptions.create(model=MODEL, file=("notes.mp3", b"plain text, not audio" * 30))
+    assert exc.value.status_code == 415 and exc.value.body["code"] == "unsupported_media"
+    intruder = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        intruder.models.list()
+    assert denied.value.body["type"] == "authentication_error"
