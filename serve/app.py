@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                                                    "Retry-After", "X-Request-ID"])
 
     access_log.install(app)
+    services.metrics.install(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_error_handlers(app)

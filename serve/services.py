@@ -19,6 +19,7 @@ from .errors import failure_of
 from .janitor import Janitor
 from .job_store import SqliteJobStore
 from .jobs import Job, JobControl, JobKind, JobQueue, new_job_id
+from .metrics import Metrics
 from .model_manager import ModelManager
 from .outputs import OutputStore
 from .transcriber import Transcriber, TranscriptionParams
@@ -64,13 +65,16 @@ class Services:
     outputs: OutputStore
     store: SqliteJobStore
     janitor: Janitor
+    metrics: Metrics
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         for folder in (settings.inputs_dir, settings.temp_dir, settings.outputs_dir, settings.data_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
+        metrics = Metrics()
         models: ModelManager[BatchingRecognizer] = ModelManager(
-            engine_loader(settings), unloader=_close, idle_timeout=settings.idle_timeout,
+            metrics.timed(metrics.load_seconds, engine_loader(settings)),
+            unloader=metrics.timed(metrics.unload_seconds, _close), idle_timeout=settings.idle_timeout,
             name="Qwen2.5-Omni thinker",
         )
         transcriber = Transcriber(models, scratch_dir=settings.temp_dir)
@@ -84,18 +88,21 @@ class Services:
             name = outputs.save(RENDERERS[job.output_format](transcript), job.output_format)
             return transcript.to_dict(), name
 
-        def remove_input(job: Job) -> None:
+        def finished(job: Job) -> None:
             job.input_path.unlink(missing_ok=True)
+            metrics.job_finished(job)
 
         jobs = JobQueue(store, run, failure_of, max_queued=settings.queue_depth,
-                        concurrency=settings.concurrent_jobs, on_finished=remove_input)
+                        concurrency=settings.concurrent_jobs, on_finished=finished)
         janitor = Janitor(store, inputs_dir=settings.inputs_dir, temp_dir=settings.temp_dir,
                           outputs_dir=settings.outputs_dir, job_retention_hours=settings.job_retention_hours,
                           output_retention_hours=settings.output_retention_hours)
         jobs.start()
         janitor.start()
-        return cls(settings=settings, models=models, transcriber=transcriber, jobs=jobs, outputs=outputs,
-                   store=store, janitor=janitor)
+        services = cls(settings=settings, models=models, transcriber=transcriber, jobs=jobs, outputs=outputs,
+                       store=store, janitor=janitor, metrics=metrics)
+        metrics.watch(services)
+        return services
 
     def submit(self, upload: Upload, params: TranscriptionParams, output_format: str, kind: JobKind,
                audio_duration: float | None) -> Job:

@@ -1,0 +1,128 @@
+"""Prometheus metrics (prometheus-client): requests, transcription work, the queue, the model, GPU memory.
+
+GET /metrics serves them in the text exposition format. Counters and histograms are updated as things
+happen; the queue, model and GPU figures are read at scrape time, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .jobs import Job, JobStatus
+
+if TYPE_CHECKING:
+    from .services import Services
+
+PREFIX = "qwen_omni"
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_RTF = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5)
+
+
+class _LiveState(Collector):
+    """Figures read from the running services at scrape time."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Any]:
+        s = self.services
+        yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "Jobs waiting for the model", value=s.jobs.depth)
+        yield GaugeMetricFamily(f"{PREFIX}_queue_capacity", "Jobs that may wait", value=s.jobs.max_queued)
+        yield GaugeMetricFamily(f"{PREFIX}_running_jobs", "Jobs being transcribed", value=len(s.jobs.running_jobs))
+        yield GaugeMetricFamily(f"{PREFIX}_model_loaded", "1 when the model is in memory",
+                                value=1 if s.models.loaded else 0)
+        yield CounterMetricFamily(f"{PREFIX}_model_loads", "Times the model was loaded", value=s.models.load_count)
+        yield CounterMetricFamily(f"{PREFIX}_model_unloads", "Times the model was unloaded",
+                                  value=s.models.unload_count)
+        allocated, reserved = _gpu_memory_bytes()
+        yield GaugeMetricFamily(f"{PREFIX}_gpu_memory_allocated_bytes", "GPU memory held by tensors",
+                                value=allocated)
+        yield GaugeMetricFamily(f"{PREFIX}_gpu_memory_reserved_bytes", "GPU memory reserved by the allocator",
+                                value=reserved)
+
+
+def _gpu_memory_bytes() -> tuple[float, float]:
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return 0.0, 0.0
+    return float(torch.cuda.memory_allocated()), float(torch.cuda.memory_reserved())
+
+
+class Metrics:
+    """One registry per app (tests build many apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(f"{PREFIX}_http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.request_seconds = Histogram(f"{PREFIX}_http_request_duration_seconds", "HTTP request duration",
+                                         ["route"], buckets=_SECONDS, registry=self.registry)
+        self.jobs = Counter(f"{PREFIX}_jobs", "Finished jobs by final status", ["status"], registry=self.registry)
+        self.processing_seconds = Histogram(f"{PREFIX}_transcription_processing_seconds",
+                                            "Time from a job's start to its end", buckets=_SECONDS,
+                                            registry=self.registry)
+        self.audio_seconds = Counter(f"{PREFIX}_audio_seconds_transcribed", "Seconds of audio transcribed",
+                                     registry=self.registry)
+        self.real_time_factor = Histogram(f"{PREFIX}_real_time_factor",
+                                          "Processing time over audio duration, per completed job", buckets=_RTF,
+                                          registry=self.registry)
+        self.load_seconds = Histogram(f"{PREFIX}_model_load_duration_seconds", "Model load duration",
+                                      buckets=_SECONDS, registry=self.registry)
+        self.unload_seconds = Histogram(f"{PREFIX}_model_unload_duration_seconds", "Model unload duration",
+                                        buckets=_SECONDS, registry=self.registry)
+
+    def watch(self, services: Services) -> None:
+        self.registry.register(_LiveState(services))
+
+    def timed(self, histogram: Histogram, action: Callable[..., Any]) -> Callable[..., Any]:
+        """``action`` with its duration recorded in ``histogram`` (for model loads and unloads)."""
+
+        def run(*args: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return action(*args)
+            finally:
+                histogram.observe(time.monotonic() - started)
+
+        return run
+
+    def job_finished(self, job: Job) -> None:
+        self.jobs.labels(status=job.status.value).inc()
+        if job.status is not JobStatus.COMPLETED or job.started_at is None or job.completed_at is None:
+            return
+        seconds = (job.completed_at - job.started_at).total_seconds()
+        self.processing_seconds.observe(seconds)
+        audio = (job.result or {}).get("duration") or 0.0
+        if audio > 0:
+            self.audio_seconds.inc(audio)
+            self.real_time_factor.observe(seconds / audio)
+
+    def install(self, app: Flask) -> None:
+        @app.before_request
+        def _start_timer() -> None:
+            g.metrics_started = time.monotonic()
+
+        @app.after_request
+        def _count(response: Response) -> Response:
+            route = request.url_rule.rule if request.url_rule else "unmatched"
+            self.requests.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+            started = g.get("metrics_started")
+            if started is not None:
+                self.request_seconds.labels(route=route).observe(time.monotonic() - started)
+            return response
+
+        blueprint = Blueprint("metrics", __name__)
+
+        @blueprint.get("/metrics")
+        def metrics():  # type: ignore[no-untyped-def]
+            return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+
+        app.register_blueprint(blueprint)
