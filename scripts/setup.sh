@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh Debian/Ubuntu machine: system packages, a virtualenv, pinned Python packages.
 #   bash scripts/setup.sh         # to serve:  ffmpeg + requirements.txt
-#   bash scripts/setup.sh --dev   # to test:   + espeak-ng (test speech) + requirements-dev.txt
+#   bash scripts/setup.sh --dev   # to test:   + espeak-ng (test speech), chromium (browser test)
+#                                 #            + requirements-dev.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,7 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 packages=(ffmpeg)
-[ "$dev" = 1 ] && packages+=(espeak-ng)
+[ "$dev" = 1 ] && packages+=(espeak-ng chromium)
 missing=()
 for package in "${packages[@]}"; do
   command -v "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -17,7 +17,7 @@ from .uploads import UPLOAD_DIR_KEY, UploadRequest, discard_unclaimed
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the page's files are served by the web blueprint
     app.request_class = UploadRequest
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_size,

@@ -8,7 +8,8 @@ from flask import Flask, request
 
 from .errors import Unauthorized
 
-OPEN_ENDPOINTS = {"health.health"}
+# /health for monitors and Docker; the page and its files (the page asks for the key and sends it itself).
+OPEN_ENDPOINTS = {"health.health", "web.index", "web.static"}
 
 
 def _supplied_key() -> str | None:
