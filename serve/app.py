@@ -7,7 +7,7 @@ import atexit
 from flask import Flask, request
 from flask_cors import CORS
 
-from . import access_log, security
+from . import access_log, openapi, security
 from .config import Settings
 from .errors import register_error_handlers
 from .routes import BLUEPRINTS
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     access_log.install(app)
     services.metrics.install(app)
+    app.register_blueprint(openapi.bp)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_error_handlers(app)

@@ -123,6 +123,18 @@ class Metrics:
 
         @blueprint.get("/metrics")
         def metrics():  # type: ignore[no-untyped-def]
+            """Prometheus metrics
+            ---
+            get:
+              summary: Prometheus metrics (text exposition format)
+              responses:
+                200:
+                  description: the metrics
+                  content:
+                    text/plain: {schema: {type: string}}
+                401: Unauthorized
+                429: RateLimited
+            """
             return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
 
         app.register_blueprint(blueprint)

@@ -9,7 +9,7 @@ from flask import Flask, request
 from .errors import Unauthorized
 
 # /health for monitors and Docker; the page and its files (the page asks for the key and sends it itself).
-OPEN_ENDPOINTS = {"health.health", "web.index", "web.static"}
+OPEN_ENDPOINTS = {"health.health", "web.index", "web.static", "openapi.openapi_document"}
 
 
 def _supplied_key() -> str | None:

@@ -22,6 +22,18 @@ def _gpu_memory_gb() -> tuple[float, float]:
 
 @bp.get("/health")
 def health():  # type: ignore[no-untyped-def]
+    """Liveness and model/GPU state; never loads the model
+    ---
+    get:
+      summary: Liveness and model/GPU state
+      security: []
+      responses:
+        200:
+          description: the server's state
+          content:
+            application/json:
+              schema: Health
+    """
     s = services()
     allocated, reserved = _gpu_memory_gb()
     models = s.models

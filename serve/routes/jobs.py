@@ -23,12 +23,47 @@ def _job(job_id: str) -> Job:
 
 @bp.get("/status/<job_id>")
 def job_status(job_id: str):  # type: ignore[no-untyped-def]
+    """A job's state (the guide's processing / completed / failed, or cancelled), with progress
+    ---
+    get:
+      summary: A job's state and progress
+      parameters: [JobId]
+      responses:
+        200:
+          description: the job
+          content:
+            application/json:
+              schema: Job
+        401: Unauthorized
+        404: NotFound
+        429: RateLimited
+    """
     return jsonify(job_body(_job(job_id)))
 
 
 @bp.get("/result/<job_id>")
 def job_result(job_id: str):  # type: ignore[no-untyped-def]
-    """A finished job's transcript, in any format: ``?format=txt|json|srt|vtt`` (default json)."""
+    """A finished job's transcript, in any format: ``?format=txt|json|srt|vtt`` (default json).
+    ---
+    get:
+      summary: A finished job's transcript as txt, json, srt or vtt
+      parameters:
+        - JobId
+        - {name: format, in: query, schema: {type: string, enum: [txt, json, srt, vtt], default: json}}
+      responses:
+        200:
+          description: the transcript
+          content:
+            application/json: {schema: Transcription}
+            text/plain: {schema: {type: string}}
+            application/x-subrip: {schema: {type: string}}
+            text/vtt: {schema: {type: string}}
+        400: BadRequest
+        401: Unauthorized
+        404: NotFound
+        409: Conflict
+        429: RateLimited
+    """
     wanted = request.args.get("format", "json").lower()
     if wanted not in ("txt", "json", "srt", "vtt"):
         raise InvalidParameter("format must be txt, json, srt or vtt", param="format")
@@ -42,6 +77,24 @@ def job_result(job_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/jobs")
 def list_jobs():  # type: ignore[no-untyped-def]
+    """Recent jobs, newest first
+    ---
+    get:
+      summary: Recent jobs, newest first
+      parameters:
+        - {name: status, in: query, schema: {type: string, enum: [processing, completed, failed, cancelled]}}
+        - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 50}}
+        - {name: offset, in: query, schema: {type: integer, minimum: 0, default: 0}}
+      responses:
+        200:
+          description: the jobs
+          content:
+            application/json:
+              schema: JobList
+        400: BadRequest
+        401: Unauthorized
+        429: RateLimited
+    """
     status = request.args.get("status")
     try:
         wanted = JobStatus(status) if status else None
@@ -61,6 +114,22 @@ def list_jobs():  # type: ignore[no-untyped-def]
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str):  # type: ignore[no-untyped-def]
+    """Cancel a job: at once if queued, at its next segment if running
+    ---
+    delete:
+      summary: Cancel a job
+      parameters: [JobId]
+      responses:
+        200:
+          description: the job (cancelled, or with cancel_requested while it stops)
+          content:
+            application/json:
+              schema: Job
+        401: Unauthorized
+        404: NotFound
+        409: Conflict
+        429: RateLimited
+    """
     job = _job(job_id)
     if job.finished:
         raise Conflict(f"job {job_id} has already finished ({job.status.value})", param="job_id")

@@ -35,6 +35,19 @@ def _served_model() -> str:
 
 @bp.get("/models")
 def list_models():  # type: ignore[no-untyped-def]
+    """The served model (OpenAI-compatible)
+    ---
+    get:
+      summary: The served model
+      responses:
+        200:
+          description: one model
+          content:
+            application/json:
+              schema: ModelList
+        401: OpenAIUnauthorized
+        429: OpenAIRateLimited
+    """
     return jsonify(object="list", data=[{"id": _served_model(), "object": "model", "created": _STARTED,
                                          "owned_by": "qwen"}])
 
@@ -61,6 +74,35 @@ def _options() -> tuple[str, bool]:
 
 @bp.post("/audio/transcriptions")
 def create_transcription():  # type: ignore[no-untyped-def]
+    """Transcribe an upload (OpenAI-compatible)
+    ---
+    post:
+      summary: Transcribe an upload (OpenAI-compatible)
+      requestBody:
+        required: true
+        content:
+          multipart/form-data:
+            schema: OpenAITranscribeForm
+      responses:
+        200:
+          description: the transcript, in the requested response_format (or a stream of events)
+          content:
+            application/json:
+              schema:
+                oneOf: [{$ref: '#/components/schemas/OpenAITranscription'},
+                        {$ref: '#/components/schemas/OpenAIVerboseTranscription'}]
+            text/plain: {schema: {type: string}}
+            text/vtt: {schema: {type: string}}
+            text/event-stream: {schema: {type: string}}
+        400: OpenAIBadRequest
+        401: OpenAIUnauthorized
+        409: OpenAIConflict
+        413: OpenAITooLarge
+        415: OpenAIUnsupported
+        429: OpenAIRateLimited
+        500: OpenAIServerError
+        503: OpenAIUnavailable
+    """
     response_format, stream = _options()
     params = parse_params(request.form, services().settings)
     if stream:

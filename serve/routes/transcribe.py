@@ -84,26 +84,146 @@ def wait_for(job: Job) -> Job:
 
 @bp.post("/transcribe/json")
 def transcribe_json():  # type: ignore[no-untyped-def]
+    """Transcribe an upload; answer JSON
+    ---
+    post:
+      summary: Transcribe an upload; answer JSON
+      requestBody:
+        required: true
+        content:
+          multipart/form-data:
+            schema: TranscribeForm
+      responses:
+        200:
+          description: the transcript
+          content:
+            application/json:
+              schema: Transcription
+        400: BadRequest
+        401: Unauthorized
+        409: Conflict
+        413: TooLarge
+        415: Unsupported
+        429: RateLimited
+        500: ServerError
+        503: Unavailable
+    """
     return jsonify(transcript_json(transcribe_now("txt")))
 
 
 @bp.post("/transcribe")
 def transcribe_text():  # type: ignore[no-untyped-def]
+    """Transcribe an upload; answer a .txt download named after it
+    ---
+    post:
+      summary: Transcribe an upload; answer a .txt download named after it
+      requestBody:
+        required: true
+        content:
+          multipart/form-data:
+            schema: TranscribeForm
+      responses:
+        200:
+          description: the transcript
+          content:
+            text/plain:
+              schema: {type: string}
+        400: BadRequest
+        401: Unauthorized
+        409: Conflict
+        413: TooLarge
+        415: Unsupported
+        429: RateLimited
+        500: ServerError
+        503: Unavailable
+    """
     return attachment(transcribe_now("txt"), "txt")
 
 
 @bp.post("/transcribe/srt")
 def transcribe_srt():  # type: ignore[no-untyped-def]
+    """Transcribe an upload; answer SRT subtitles
+    ---
+    post:
+      summary: Transcribe an upload; answer SRT subtitles
+      requestBody:
+        required: true
+        content:
+          multipart/form-data:
+            schema: TranscribeForm
+      responses:
+        200:
+          description: the transcript
+          content:
+            application/x-subrip:
+              schema: {type: string}
+        400: BadRequest
+        401: Unauthorized
+        409: Conflict
+        413: TooLarge
+        415: Unsupported
+        429: RateLimited
+        500: ServerError
+        503: Unavailable
+    """
     return attachment(transcribe_now("srt"), "srt")
 
 
 @bp.post("/transcribe/vtt")
 def transcribe_vtt():  # type: ignore[no-untyped-def]
+    """Transcribe an upload; answer WebVTT subtitles
+    ---
+    post:
+      summary: Transcribe an upload; answer WebVTT subtitles
+      requestBody:
+        required: true
+        content:
+          multipart/form-data:
+            schema: TranscribeForm
+      responses:
+        200:
+          description: the transcript
+          content:
+            text/vtt:
+              schema: {type: string}
+        400: BadRequest
+        401: Unauthorized
+        409: Conflict
+        413: TooLarge
+        415: Unsupported
+        429: RateLimited
+        500: ServerError
+        503: Unavailable
+    """
     return attachment(transcribe_now("vtt"), "vtt")
 
 
 @bp.post("/transcribe/async")
 def transcribe_async():  # type: ignore[no-untyped-def]
+    """Queue a transcription; poll /status/{job_id}
+    ---
+    post:
+      summary: Queue a transcription; poll /status/{job_id}
+      requestBody:
+        required: true
+        content:
+          multipart/form-data:
+            schema: TranscribeForm
+      responses:
+        202:
+          description: the job, queued
+          content:
+            application/json:
+              schema: Job
+          headers:
+            Location: {description: the status URL, schema: {type: string}}
+        400: BadRequest
+        401: Unauthorized
+        413: TooLarge
+        415: Unsupported
+        429: RateLimited
+        503: Unavailable
+    """
     job = submit_upload("txt", JobKind.ASYNC)
     status_url = url_for("jobs.job_status", job_id=job.id)
     response = jsonify({**job_body(job), "status_url": status_url})

@@ -1,0 +1,239 @@
+"""GET /openapi.json: the OpenAPI 3.1 document, generated from the app's real routes.
+
+apispec's Flask plugin walks the URL map; each route's docstring (after ``---``) describes its
+operations; the request and response bodies are pydantic models, turned into JSON Schema by pydantic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from apispec import APISpec
+from apispec_webframeworks.flask import FlaskPlugin
+from flask import Blueprint, Flask, current_app, jsonify
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+from . import __version__
+from .config import MAX_NEW_TOKENS_LIMIT, MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS
+from .engine import LANGUAGES
+from .params import OPENCC_CONFIGS
+
+JobStatusName = Literal["processing", "completed", "failed", "cancelled"]
+
+
+class Error(BaseModel):
+    """Every native error."""
+
+    status: Literal["error"]
+    error: str = Field(description="what went wrong")
+    code: str = Field(description="a machine-readable code, e.g. invalid_parameter, unsupported_media")
+    param: str | None = Field(None, description="the request field at fault, when there is one")
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    """Errors under /v1/, in OpenAI's shape."""
+
+    error: OpenAIErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model_loaded: bool
+    gpu_available: bool
+    gpu_memory_allocated_gb: float
+    gpu_memory_reserved_gb: float
+    timestamp: str
+    model_state: Literal["unloaded", "loading", "loaded"]
+    model_error: str | None
+    checkpoint: str
+    idle_timeout: float
+    queue_depth: int
+    queue_capacity: int
+    running_job: str | None
+    running_jobs: list[str]
+
+
+class Segment(BaseModel):
+    id: int
+    start: float = Field(description="seconds: where the speech of this segment starts")
+    end: float
+    text: str
+
+
+class Transcription(BaseModel):
+    """The guide's JSON answer, plus segments."""
+
+    status: Literal["success"]
+    transcription: str
+    output_file: str | None = Field(description="the saved transcript, in the outputs folder")
+    timestamp: str
+    job_id: str
+    filename: str
+    duration: float = Field(description="seconds of audio")
+    segments: list[Segment]
+
+
+class Progress(BaseModel):
+    segments_done: int
+    segments_total: int | None
+    audio_seconds_done: float
+    audio_seconds_total: float | None
+    eta_seconds: float | None = None
+
+
+class Job(BaseModel):
+    """An async job, with the guide's fields for its status."""
+
+    job_id: str
+    status: JobStatusName
+    filename: str
+    created_at: str
+    progress: Progress
+    stage: Literal["queued", "running"] | None = None
+    started_at: str | None = None
+    partial_transcription: str | None = Field(None, description="the transcript so far, while processing")
+    transcription: str | None = None
+    output_file: str | None = None
+    completed_at: str | None = None
+    duration: float | None = None
+    error: str | None = None
+    code: str | None = None
+    cancel_requested: bool | None = None
+    status_url: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    limit: int
+    offset: int
+
+
+class TranscribeForm(BaseModel):
+    """The multipart form of every POST /transcribe… (the guide's fields and the additions); all optional but file."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary", "type": "string"})
+    segment_duration: float = Field(None, ge=MIN_SEGMENT_SECONDS, le=MAX_SEGMENT_SECONDS)  # type: ignore[assignment]
+    max_new_tokens: int = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT)  # type: ignore[assignment]
+    temperature: float = Field(None, ge=0, le=2)  # type: ignore[assignment]
+    repetition_penalty: float = Field(None, gt=0, le=2)  # type: ignore[assignment]
+    enable_s2t: Literal["true", "false", "1", "0", "yes", "no", "on", "off"] = None  # type: ignore[assignment]
+    language: Literal["auto", *LANGUAGES] = None  # type: ignore[valid-type, assignment]
+    prompt: str = Field(None, max_length=1000)  # type: ignore[assignment]
+    opencc: Literal[OPENCC_CONFIGS] = None  # type: ignore[valid-type, assignment]
+
+
+class OpenAITranscribeForm(BaseModel):
+    file: bytes = Field(json_schema_extra={"format": "binary", "type": "string"})
+    model: str = Field(min_length=1, max_length=256)
+    language: Literal["auto", *LANGUAGES] = None  # type: ignore[valid-type, assignment]
+    prompt: str = Field(None, max_length=1000)  # type: ignore[assignment]
+    response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = None  # type: ignore[assignment]
+    temperature: float = Field(None, ge=0, le=2)  # type: ignore[assignment]
+    stream: Literal["true", "false"] = None  # type: ignore[assignment]
+
+
+class OpenAITranscription(BaseModel):
+    text: str
+
+
+class VerboseSegment(BaseModel):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    temperature: float
+    compression_ratio: float
+
+
+class OpenAIVerboseTranscription(BaseModel):
+    task: Literal["transcribe"]
+    language: str
+    duration: float
+    text: str
+    segments: list[VerboseSegment]
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[Model]
+
+
+SCHEMAS = (Error, OpenAIError, Health, Transcription, Job, JobList, TranscribeForm, OpenAITranscribeForm,
+           OpenAITranscription, OpenAIVerboseTranscription, ModelList)
+
+_ERRORS = {
+    "BadRequest": (400, "a bad parameter, or no file"),
+    "Unauthorized": (401, "an API key is required"),
+    "NotFound": (404, "no such job"),
+    "Conflict": (409, "the job is not in a state for this (not finished, already finished, or cancelled)"),
+    "TooLarge": (413, "the upload is over the size limit"),
+    "Unsupported": (415, "the file cannot be decoded as audio"),
+    "RateLimited": (429, "over the rate limit"),
+    "ServerError": (500, "an unexpected failure (details only in the server log)"),
+    "Unavailable": (503, "the model cannot be loaded, the queue is full, or the server is stopping"),
+}
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    spec = APISpec(
+        title="Qwen2.5-Omni transcription server",
+        version=__version__,
+        openapi_version="3.1.0",
+        plugins=[FlaskPlugin()],
+        info={"description": "Transcribes audio with Qwen2.5-Omni. Native endpoints follow the AWQ service guide; "
+                             "/v1/ is OpenAI-compatible."},
+    )
+    _, definitions = models_json_schema([(model, "validation") for model in SCHEMAS],
+                                        ref_template="#/components/schemas/{model}")
+    for name, schema in definitions["$defs"].items():
+        spec.components.schema(name, schema)
+    for name, (_status, description) in _ERRORS.items():
+        native = {"description": description, "content": {"application/json": {"schema": "Error"}}}
+        openai = {"description": description, "content": {"application/json": {"schema": "OpenAIError"}}}
+        spec.components.response(name, native)
+        spec.components.response(f"OpenAI{name}", openai)
+    spec.components.parameter("JobId", "path", {"name": "job_id", "required": True, "schema": {"type": "string"}})
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+    for endpoint, view in app.view_functions.items():
+        if endpoint.endswith(".static") or not (view.__doc__ and "---" in view.__doc__):
+            continue
+        spec.path(view=view, app=app)
+    return spec.to_dict()
+
+
+bp = Blueprint("openapi", __name__)
+
+
+@bp.get("/openapi.json")
+def openapi_document():  # type: ignore[no-untyped-def]
+    """The OpenAPI document.
+    ---
+    get:
+      summary: This API, as OpenAPI 3.1
+      responses:
+        200:
+          description: the document
+          content:
+            application/json:
+              schema: {type: object}
+    """
+    if "openapi_document" not in current_app.extensions:
+        current_app.extensions["openapi_document"] = build_spec(current_app)
+    return jsonify(current_app.extensions["openapi_document"])
