@@ -71,7 +71,7 @@ def start_server(checkpoint: Path, work: Path, tokens: int, segment_seconds: flo
 def http_vs_direct(checkpoint: Path, audio: Path, work: Path, tokens: int, segment_seconds: float,
                    repeats: int) -> dict:
     params = TranscriptionParams(segment_duration=segment_seconds, max_new_tokens=tokens, temperature=0.0,
-                                 repetition_penalty=1.1, enable_s2t=False)
+                                 repetition_penalty=1.1)
     manager = ModelManager(lambda: BatchingRecognizer(QwenOmniEngine.load(checkpoint, device="cpu"), 1),
                            unloader=lambda r: r.close(), idle_timeout=-1)
     transcriber = Transcriber(manager)
