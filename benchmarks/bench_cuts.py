@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import report  # noqa: E402
 from benchmarks.synthetic_speech import build_track, expected_speech, in_pause  # noqa: E402
 from serve.audio import decode_segments  # noqa: E402
 
@@ -64,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"noise_dbfs": noise, **measure(track, intervals, seconds)}
                 rows.append(row)
             print(f"(track of {len(intervals)} sentences built in {built:.1f} s)", file=sys.stderr)
-    columns = list(rows[0])
-    print("  ".join(f"{c:>22}" for c in columns))
-    for row in rows:
-        print("  ".join(f"{row[c]!s:>22}" for c in columns))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    report(rows, args.json)
     return 0 if all(r["share_in_pauses"] >= 0.95 for r in rows) else 1
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import report  # noqa: E402
 from benchmarks.synthetic_speech import build_track  # noqa: E402
 
 CONSUMER = """
@@ -100,12 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for minutes in args.minutes:
             rows.append(measure(minutes, seed, Path(tmp), args.segment_seconds, args.repeats))
             print(rows[-1], file=sys.stderr, flush=True)
-    columns = list(rows[0])
-    print("  ".join(f"{c:>22}" for c in columns))
-    for row in rows:
-        print("  ".join(f"{row[c]!s:>22}" for c in columns))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    report(rows, args.json)
     ok = all(r["ratio"] <= 1.3 and r["peak_rss_above_idle_mb"] <= 200 for r in rows)
     return 0 if ok else 1
 

@@ -82,148 +82,66 @@ def wait_for(job: Job) -> Job:
     return finished
 
 
-@bp.post("/transcribe/json")
-def transcribe_json():  # type: ignore[no-untyped-def]
-    """Transcribe an upload; answer JSON
+_SYNC_ERRORS = (400, 401, 409, 413, 415, 429, 500, 503)
+_ERROR_RESPONSES = {400: "BadRequest", 401: "Unauthorized", 409: "Conflict", 413: "TooLarge", 415: "Unsupported",
+                    429: "RateLimited", 500: "ServerError", 503: "Unavailable"}
+
+
+def documented(summary: str, media_type: str, schema: str, status: int = 200,
+               errors: tuple[int, ...] = _SYNC_ERRORS):  # type: ignore[no-untyped-def]
+    """Give a transcription view its OpenAPI operation (read by serve.openapi from the docstring)."""
+    error_lines = "".join(f"\n        {code}: {_ERROR_RESPONSES[code]}" for code in errors)
+
+    def decorate(view):  # type: ignore[no-untyped-def]
+        view.__doc__ = f"""{summary}
     ---
     post:
-      summary: Transcribe an upload; answer JSON
+      summary: {summary}
       requestBody:
         required: true
         content:
           multipart/form-data:
             schema: TranscribeForm
       responses:
-        200:
-          description: the transcript
+        {status}:
+          description: {summary.split("; ")[-1]}
           content:
-            application/json:
-              schema: Transcription
-        400: BadRequest
-        401: Unauthorized
-        409: Conflict
-        413: TooLarge
-        415: Unsupported
-        429: RateLimited
-        500: ServerError
-        503: Unavailable
+            {media_type}:
+              schema: {schema}{error_lines}
     """
+        return view
+
+    return decorate
+
+
+@bp.post("/transcribe/json")
+@documented("Transcribe an upload; answer JSON", "application/json", "Transcription")
+def transcribe_json():  # type: ignore[no-untyped-def]
     return jsonify(transcript_json(transcribe_now("txt")))
 
 
 @bp.post("/transcribe")
+@documented("Transcribe an upload; answer a .txt download named after it", "text/plain", "{type: string}")
 def transcribe_text():  # type: ignore[no-untyped-def]
-    """Transcribe an upload; answer a .txt download named after it
-    ---
-    post:
-      summary: Transcribe an upload; answer a .txt download named after it
-      requestBody:
-        required: true
-        content:
-          multipart/form-data:
-            schema: TranscribeForm
-      responses:
-        200:
-          description: the transcript
-          content:
-            text/plain:
-              schema: {type: string}
-        400: BadRequest
-        401: Unauthorized
-        409: Conflict
-        413: TooLarge
-        415: Unsupported
-        429: RateLimited
-        500: ServerError
-        503: Unavailable
-    """
     return attachment(transcribe_now("txt"), "txt")
 
 
 @bp.post("/transcribe/srt")
+@documented("Transcribe an upload; answer SRT subtitles", "application/x-subrip", "{type: string}")
 def transcribe_srt():  # type: ignore[no-untyped-def]
-    """Transcribe an upload; answer SRT subtitles
-    ---
-    post:
-      summary: Transcribe an upload; answer SRT subtitles
-      requestBody:
-        required: true
-        content:
-          multipart/form-data:
-            schema: TranscribeForm
-      responses:
-        200:
-          description: the transcript
-          content:
-            application/x-subrip:
-              schema: {type: string}
-        400: BadRequest
-        401: Unauthorized
-        409: Conflict
-        413: TooLarge
-        415: Unsupported
-        429: RateLimited
-        500: ServerError
-        503: Unavailable
-    """
     return attachment(transcribe_now("srt"), "srt")
 
 
 @bp.post("/transcribe/vtt")
+@documented("Transcribe an upload; answer WebVTT subtitles", "text/vtt", "{type: string}")
 def transcribe_vtt():  # type: ignore[no-untyped-def]
-    """Transcribe an upload; answer WebVTT subtitles
-    ---
-    post:
-      summary: Transcribe an upload; answer WebVTT subtitles
-      requestBody:
-        required: true
-        content:
-          multipart/form-data:
-            schema: TranscribeForm
-      responses:
-        200:
-          description: the transcript
-          content:
-            text/vtt:
-              schema: {type: string}
-        400: BadRequest
-        401: Unauthorized
-        409: Conflict
-        413: TooLarge
-        415: Unsupported
-        429: RateLimited
-        500: ServerError
-        503: Unavailable
-    """
     return attachment(transcribe_now("vtt"), "vtt")
 
 
 @bp.post("/transcribe/async")
+@documented("Queue a transcription; poll /status/{job_id}", "application/json", "Job", status=202,
+            errors=(400, 401, 413, 415, 429, 503))
 def transcribe_async():  # type: ignore[no-untyped-def]
-    """Queue a transcription; poll /status/{job_id}
-    ---
-    post:
-      summary: Queue a transcription; poll /status/{job_id}
-      requestBody:
-        required: true
-        content:
-          multipart/form-data:
-            schema: TranscribeForm
-      responses:
-        202:
-          description: the job, queued
-          content:
-            application/json:
-              schema: Job
-          headers:
-            Location: {description: the status URL, schema: {type: string}}
-        400: BadRequest
-        401: Unauthorized
-        413: TooLarge
-        415: Unsupported
-        429: RateLimited
-        503: Unavailable
-    """
     job = submit_upload("txt", JobKind.ASYNC)
     status_url = url_for("jobs.job_status", job_id=job.id)
     response = jsonify({**job_body(job), "status_url": status_url})

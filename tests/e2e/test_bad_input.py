@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import shutil
 import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ import pytest
 import requests
 
 from tests.conftest import folder_is_empty
-from tests.e2e.test_guide_examples import Server, start_server
+from tests.e2e.conftest import tiny_server
+from tests.e2e.test_guide_examples import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -27,11 +27,9 @@ LIMIT_MB = 2
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("bad-input")
-    shutil.copytree(tiny_awq_checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
-    server = start_server(root, "--local-model", "--max-upload-size", f"{LIMIT_MB}M")
-    yield server
-    assert server.stop() == 0
+    with tiny_server(tmp_path_factory.mktemp("bad-input"), tiny_awq_checkpoint, "--max-upload-size",
+                     f"{LIMIT_MB}M") as server:
+        yield server
     assert "Traceback" not in server.log.read_text()
 
 

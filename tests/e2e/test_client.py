@@ -13,18 +13,16 @@ import pytest
 import srt
 
 from tests.conftest import ROOT
-from tests.e2e.test_guide_examples import Server, start_server
+from tests.e2e.conftest import tiny_server
+from tests.e2e.test_guide_examples import Server
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("client-server")
-    shutil.copytree(tiny_awq_checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
-    server = start_server(root, "--local-model", "--api-key", "client-key")
-    yield server
-    assert server.stop() == 0
+    with tiny_server(tmp_path_factory.mktemp("client"), tiny_awq_checkpoint, "--api-key", "client-key") as server:
+        yield server
 
 
 def run_client(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pytest
 import srt
 
 from serve.text import join_pieces
-from tests.e2e.test_guide_examples import Server, start_server
+from tests.e2e.conftest import tiny_server
+from tests.e2e.test_guide_examples import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -20,11 +20,8 @@ MODEL = "Qwen/Qwen2.5-Omni-7B-AWQ"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("openai")
-    shutil.copytree(tiny_awq_checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
-    server = start_server(root, "--local-model", "--api-key", "sk-local-test")
-    yield server
-    assert server.stop() == 0
+    with tiny_server(tmp_path_factory.mktemp("openai"), tiny_awq_checkpoint, "--api-key", "sk-local-test") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

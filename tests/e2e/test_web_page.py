@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import requests
 import srt
 
 from tests.conftest import ROOT
-from tests.e2e.test_guide_examples import Server, start_server
+from tests.e2e.conftest import tiny_server
+from tests.e2e.test_guide_examples import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -26,11 +26,8 @@ KEY = "page-key"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("web")
-    shutil.copytree(tiny_awq_checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
-    server = start_server(root, "--local-model", "--api-key", KEY)
-    yield server
-    assert server.stop() == 0
+    with tiny_server(tmp_path_factory.mktemp("web"), tiny_awq_checkpoint, "--api-key", KEY) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
