@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh Debian/Ubuntu machine: system packages, a virtualenv, pinned Python packages.
 #   bash scripts/setup.sh         # to serve:  ffmpeg + requirements.txt
-#   bash scripts/setup.sh --dev   # to test:   + espeak-ng (test speech), chromium (browser test)
+#   bash scripts/setup.sh --dev   # to test:   + espeak-ng (test speech), chromium (browser test),
+#                                 #            redis-server (scale-out tests start their own on loopback)
 #                                 #            + requirements-dev.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 packages=(ffmpeg)
-[ "$dev" = 1 ] && packages+=(espeak-ng chromium)
+[ "$dev" = 1 ] && packages+=(espeak-ng chromium redis-server)
 missing=()
 for package in "${packages[@]}"; do
   command -v "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_tiny_checkpoints  # noqa: E402
+from local_redis import RedisServer  # noqa: E402
 
 from serve.config import Settings  # noqa: E402
 
@@ -63,6 +64,20 @@ def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "4", str(out / "silence.wav"))
     run_ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000:duration=25", str(out / "long_tone.wav"))
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session's store tests; each test that uses it starts from an empty database."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.client().flushall()
+    return redis_server.url
 
 
 @pytest.fixture

@@ -1,15 +1,19 @@
-"""JobQueue on the SQLite store, with test-double runners (the app tests run the real pipeline)."""
+"""JobQueue on each job store (SQLite, and Redis for scale-out), with test-double runners (the app tests run
+the real pipeline)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
+from serve.distributed.redis_store import RedisJobStore
 from serve.job_store import SqliteJobStore
 from serve.jobs import (
     Job,
@@ -18,6 +22,7 @@ from serve.jobs import (
     JobKind,
     JobQueue,
     JobStatus,
+    JobStore,
     Progress,
     QueueFull,
     ShuttingDown,
@@ -42,12 +47,21 @@ def quick(result: str = "ok"):  # type: ignore[no-untyped-def]
     return runner
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], JobStore]:
+    """Opens the same job table again on each call, as a restarted process would."""
+    if request.param == "sqlite":
+        return lambda: SqliteJobStore(tmp_path / "jobs.sqlite3")
+    url = request.getfixturevalue("redis_url")
+    return lambda: RedisJobStore(redis.Redis.from_url(url))
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteJobStore:
-    return SqliteJobStore(tmp_path / "jobs.sqlite3")
+def store(open_store: Callable[[], JobStore]) -> JobStore:
+    return open_store()
 
 
-def test_store_round_trips_every_field(store: SqliteJobStore, tmp_path: Path) -> None:
+def test_store_round_trips_every_field(store: JobStore, tmp_path: Path) -> None:
     original = replace(job(tmp_path, "会议.mp3"), audio_duration=12.5, status=JobStatus.FAILED, stage="done",
                        started_at=datetime.now(), completed_at=datetime.now(), progress=Progress(2, 3, 8.0),
                        result={"pieces": [{"text": "你好"}]}, output_file="x.txt",
@@ -57,7 +71,7 @@ def test_store_round_trips_every_field(store: SqliteJobStore, tmp_path: Path) ->
     assert store.get("missing") is None
 
 
-def test_jobs_run_in_order_one_at_a_time(store: SqliteJobStore, tmp_path: Path) -> None:
+def test_jobs_run_in_order_one_at_a_time(store: JobStore, tmp_path: Path) -> None:
     order = []
 
     def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
@@ -75,7 +89,7 @@ def test_jobs_run_in_order_one_at_a_time(store: SqliteJobStore, tmp_path: Path) 
     queue.stop()
 
 
-def test_a_failing_job_fails_alone(store: SqliteJobStore, tmp_path: Path) -> None:
+def test_a_failing_job_fails_alone(store: JobStore, tmp_path: Path) -> None:
     def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
         if j.filename == "bad.mp3":
             raise ValueError("boom")
@@ -91,7 +105,7 @@ def test_a_failing_job_fails_alone(store: SqliteJobStore, tmp_path: Path) -> Non
     queue.stop()
 
 
-def test_queue_is_bounded(store: SqliteJobStore, tmp_path: Path) -> None:
+def test_queue_is_bounded(store: JobStore, tmp_path: Path) -> None:
     gate = threading.Event()
 
     def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
@@ -112,7 +126,7 @@ def test_queue_is_bounded(store: SqliteJobStore, tmp_path: Path) -> None:
     queue.stop()
 
 
-def test_progress_reports_reach_the_store(store: SqliteJobStore, tmp_path: Path) -> None:
+def test_progress_reports_reach_the_store(store: JobStore, tmp_path: Path) -> None:
     def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
         for i in range(1, 4):
             control.report(i, 3, i * 10.0)
@@ -125,7 +139,7 @@ def test_progress_reports_reach_the_store(store: SqliteJobStore, tmp_path: Path)
     queue.stop()
 
 
-def test_cancel_a_queued_job_at_once_and_a_running_one_between_segments(store: SqliteJobStore,
+def test_cancel_a_queued_job_at_once_and_a_running_one_between_segments(store: JobStore,
                                                                        tmp_path: Path) -> None:
     segments = []
 
@@ -153,15 +167,15 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_between_segments(store: S
     queue.stop()
 
 
-def test_restart_requeues_waiting_async_jobs_and_marks_interrupted_ones(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
+def test_restart_requeues_waiting_async_jobs_and_marks_interrupted_ones(open_store: Callable[[], JobStore],
+                                                                        tmp_path: Path) -> None:
     gate = threading.Event()
 
     def blocked(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
         gate.wait(10)
         return {}, None
 
-    first = JobQueue(SqliteJobStore(path), blocked, failure_of)
+    first = JobQueue(open_store(), blocked, failure_of)
     first.start()
     running = first.submit(job(tmp_path, "running.mp3"))
     while first.running_job != running.id:
@@ -174,7 +188,7 @@ def test_restart_requeues_waiting_async_jobs_and_marks_interrupted_ones(tmp_path
     # The process "dies": no stop(), the running job never finishes in this store.
 
     ran = []
-    second = JobQueue(SqliteJobStore(path), lambda j, c: (ran.append(j.filename) or ({}, None)), failure_of)
+    second = JobQueue(open_store(), lambda j, c: (ran.append(j.filename) or ({}, None)), failure_of)
     second.start()
     assert second.wait(waiting_async.id, 5).status is JobStatus.COMPLETED and ran == ["queued.mp3"]
     interrupted = second.store.get(running.id)
@@ -186,7 +200,7 @@ def test_restart_requeues_waiting_async_jobs_and_marks_interrupted_ones(tmp_path
     second.stop()
 
 
-def test_stop_leaves_async_jobs_queued_and_fails_waiting_sync_ones(store: SqliteJobStore, tmp_path: Path) -> None:
+def test_stop_leaves_async_jobs_queued_and_fails_waiting_sync_ones(store: JobStore, tmp_path: Path) -> None:
     started = threading.Event()
 
     def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
@@ -207,7 +221,7 @@ def test_stop_leaves_async_jobs_queued_and_fails_waiting_sync_ones(store: Sqlite
         queue.submit(job(tmp_path))
 
 
-def test_listing_and_expiry(store: SqliteJobStore, tmp_path: Path) -> None:
+def test_listing_and_expiry(store: JobStore, tmp_path: Path) -> None:
     old = replace(job(tmp_path), status=JobStatus.COMPLETED, stage="done",
                   created_at=datetime.now() - timedelta(days=10), completed_at=datetime.now() - timedelta(days=9))
     new = job(tmp_path)

@@ -1,0 +1,1 @@
+"""Scale-out: one API role in front of GPU worker roles, on Redis (job store, queue) and RQ (workers)."""

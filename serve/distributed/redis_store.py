@@ -1,0 +1,170 @@
+"""The job table in Redis, for the API role: the same JobStore interface as the SQLite one.
+
+A job is a JSON value at ``qwen:job:<id>`` (its progress, written often, has a key of its own), indexed by
+sorted sets: all jobs by creation time, one set per status, and finished jobs by completion time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+from flask import has_request_context
+
+from ..jobs import Job, JobFailure, JobKind, JobStatus, Progress
+
+log = logging.getLogger(__name__)
+
+PREFIX = "qwen"
+T = TypeVar("T")
+
+
+def redis_key(*parts: str) -> str:
+    return ":".join((PREFIX, *parts))
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _moment(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def job_to_json(job: Job) -> str:
+    return json.dumps({
+        "id": job.id, "kind": job.kind.value, "input_path": str(job.input_path), "filename": job.filename,
+        "params": job.params, "output_format": job.output_format, "audio_duration": job.audio_duration,
+        "status": job.status.value, "stage": job.stage, "created_at": _stamp(job.created_at),
+        "started_at": _stamp(job.started_at), "completed_at": _stamp(job.completed_at), "result": job.result,
+        "output_file": job.output_file, "failure": asdict(job.failure) if job.failure else None,
+    }, ensure_ascii=False)
+
+
+def job_from_json(data: str, progress: str | None) -> Job:
+    d = json.loads(data)
+    p = json.loads(progress) if progress else {}
+    return Job(
+        id=d["id"], kind=JobKind(d["kind"]), input_path=Path(d["input_path"]), filename=d["filename"],
+        params=d["params"], output_format=d["output_format"], audio_duration=d["audio_duration"],
+        status=JobStatus(d["status"]), stage=d["stage"], created_at=_moment(d["created_at"]),  # type: ignore[arg-type]
+        started_at=_moment(d["started_at"]), completed_at=_moment(d["completed_at"]),
+        progress=Progress(p.get("segments_done", 0), p.get("segments_total"), p.get("audio_seconds_done", 0.0),
+                          tuple(p.get("partial", ()))),
+        result=d["result"], output_file=d["output_file"],
+        failure=JobFailure(**d["failure"]) if d["failure"] else None,
+    )
+
+
+class RedisJobStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def _write(self, job: Job, *, with_progress: bool) -> None:
+        created = job.created_at.timestamp()
+        pipe = self.redis.pipeline()
+        pipe.set(redis_key("job", job.id), job_to_json(job))
+        if with_progress:
+            pipe.set(redis_key("job", job.id, "progress"), json.dumps(asdict(job.progress), ensure_ascii=False))
+        pipe.zadd(redis_key("jobs"), {job.id: created})
+        for status in JobStatus:
+            if status is not job.status:
+                pipe.zrem(redis_key("jobs", status.value), job.id)
+        pipe.zadd(redis_key("jobs", job.status.value), {job.id: created})
+        if job.finished and job.completed_at:
+            pipe.zadd(redis_key("jobs", "finished"), {job.id: job.completed_at.timestamp()})
+        pipe.execute()
+
+    def add(self, job: Job) -> None:
+        self._write(job, with_progress=True)
+
+    def update(self, job: Job) -> None:
+        # Progress has its own key, written by update_progress; a record update must not roll it back,
+        # except when the record carries newer progress (the final one).
+        self._write(job, with_progress=job.finished)
+
+    def update_progress(self, job_id: str, progress: Progress) -> None:
+        self.redis.set(redis_key("job", job_id, "progress"), json.dumps(asdict(progress), ensure_ascii=False))
+
+    def get(self, job_id: str) -> Job | None:
+        data, progress = self.redis.mget(redis_key("job", job_id), redis_key("job", job_id, "progress"))
+        return job_from_json(data, progress) if data else None
+
+    def _many(self, ids: list[bytes]) -> list[Job]:
+        if not ids:
+            return []
+        keys = [k for i in ids for k in (redis_key("job", i.decode()), redis_key("job", i.decode(), "progress"))]
+        values = self.redis.mget(keys)
+        return [job_from_json(values[n], values[n + 1]) for n in range(0, len(values), 2) if values[n]]
+
+    def list(self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
+        index = redis_key("jobs", status.value) if status else redis_key("jobs")
+        return self._many(self.redis.zrevrange(index, offset, offset + limit - 1))
+
+    def unfinished(self) -> list[Job]:
+        return self._many(self.redis.zrange(redis_key("jobs", JobStatus.PROCESSING.value), 0, -1))
+
+    def is_unfinished(self, job_id: str) -> bool:
+        return self.redis.zscore(redis_key("jobs", JobStatus.PROCESSING.value), job_id) is not None
+
+    def finished_before(self, moment: datetime) -> list[Job]:
+        return self._many(self.redis.zrangebyscore(redis_key("jobs", "finished"), 0, moment.timestamp()))
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        indexes = [redis_key("jobs"), redis_key("jobs", "finished"), *(redis_key("jobs", s.value) for s in JobStatus)]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.delete(redis_key("job", job_id), redis_key("job", job_id, "progress"), redis_key("job", job_id,
+                                                                                                 "pieces"))
+            for index in indexes:
+                pipe.zrem(index, job_id)
+        pipe.execute()
+
+    def count(self) -> int:
+        return self.redis.zcard(redis_key("jobs"))
+
+
+def patiently(action: Callable[[], T], *, patience: float = 600.0, what: str = "Redis") -> T:
+    """Run ``action``, retrying while Redis is unreachable (a restart), for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s unavailable (%s): retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class PatientStore:
+    """A JobStore that waits out Redis restarts in background work (the job runners, the janitor).
+
+    A request handler never waits: there the call fails at once, and the client gets 503 with Retry-After.
+    """
+
+    def __init__(self, store: RedisJobStore, patience: float = 600.0) -> None:
+        self.store = store
+        self.patience = patience
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if has_request_context():
+                return method(*args, **kwargs)
+            return patiently(lambda: method(*args, **kwargs), patience=self.patience)
+
+        return call
