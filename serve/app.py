@@ -41,6 +41,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    if services.cluster is not None:
+        from .distributed.cluster import register_redis_errors
+
+        register_redis_errors(app)
     if settings.api_keys:
         security.require_api_key(app, settings.api_keys)
     if settings.rate_limit:

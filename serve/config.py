@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -62,11 +62,25 @@ class Settings(BaseSettings):
     opencc_config: Literal["s2t", "s2tw", "s2twp", "s2hk"] = Field(
         "s2t", description="OpenCC conversion used when enable_s2t is set")
 
+    # Roles (scale-out): one API in front of GPU workers, sharing Redis and a storage folder
+    role: Literal["all", "api", "worker"] = Field(
+        "all", description="all: one process (default, SQLite); api: HTTP in front of workers; worker: one GPU's "
+                           "model, pulling segments from Redis")
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("redis_url", "QWEN_OMNI_REDIS_URL", "REDIS_URL"),
+                                  description="Redis for --role api/worker, e.g. redis://localhost:6379/0 "
+                                              "[also env REDIS_URL]")
+    segments_dir: Path = Field(APP_DIR / "data" / "segments", description="segment audio handed from the API to "
+                                                                           "the workers (a folder all roles share)")
+    segments_per_task: int = Field(1, ge=1, le=64, description="segments a worker takes at a time (one batch)")
+    worker_name: str | None = Field(None, description="this worker's name in /health (default: host-pid)")
+
     # Jobs and batching
     batch_size: int = Field(0, ge=0, le=64, description="segments generated together; 0 = as many as fit in free "
                                                         "VRAM (1 on CPU)")
-    concurrent_jobs: int = Field(2, ge=1, le=64, description="jobs transcribed side by side (their segments share "
-                                                             "batches; a short job need not wait for a long one)")
+    concurrent_jobs: int | None = Field(
+        None, ge=1, le=256, description="jobs transcribed side by side (their segments share batches; a short job "
+                                        "need not wait for a long one); default 2, or 32 with --role api, where "
+                                        "each running job keeps its segments queued for the workers")
     queue_depth: int = Field(32, ge=1, le=10000, description="jobs that may wait for the model; more get 503 with "
                                                              "Retry-After")
     data_dir: Path = Field(APP_DIR / "data", description="where the job database (jobs.sqlite3) lives")
@@ -129,6 +143,18 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not a rate limit ({exc}); use e.g. 60/minute") from None
         return value
+
+    @model_validator(mode="after")
+    def _role_needs_redis(self) -> Settings:
+        # --role all (one process, SQLite) does not use Redis even when REDIS_URL happens to be set.
+        if self.role in ("api", "worker") and not self.redis_url:
+            raise ValueError(f"--role {self.role} needs --redis-url (or REDIS_URL)")
+        return self
+
+    @property
+    def job_concurrency(self) -> int:
+        # In the API role a running job only cuts and waits: many at once keep every worker fed with segments.
+        return self.concurrent_jobs or (32 if self.role == "api" else 2)
 
     @property
     def request_threads(self) -> int:

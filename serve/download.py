@@ -28,9 +28,14 @@ def server_flags(argv: list[str]) -> list[str]:
     return argv
 
 
-def ensure_checkpoint(argv: list[str]) -> Path:
-    """Return the local checkpoint folder, downloading it from the hub first if it is missing."""
+def ensure_checkpoint(argv: list[str]) -> Path | None:
+    """Return the local checkpoint folder, downloading it from the hub first if it is missing.
+
+    None for the scale-out API role, which holds no model.
+    """
     settings = parse_args(server_flags(argv))
+    if settings.role == "api":
+        return None
     try:
         return resolve_checkpoint(settings.checkpoint_path, local_only=True, models_dir=settings.models_dir,
                                   app_dir=APP_DIR)
@@ -58,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # report, do not crash-loop with a traceback
         log.error("could not get the checkpoint: %s", exc)
         return 1
-    log.info("checkpoint ready at %s", path)
+    if path is not None:
+        log.info("checkpoint ready at %s", path)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from datetime import datetime, timedelta
@@ -19,12 +20,13 @@ INTERVAL_SECONDS = 600
 
 class Janitor:
     def __init__(self, store: JobStore, *, inputs_dir: Path, temp_dir: Path, outputs_dir: Path,
-                 job_retention_hours: float, output_retention_hours: float,
+                 job_retention_hours: float, output_retention_hours: float, segments_dir: Path | None = None,
                  interval_seconds: float = INTERVAL_SECONDS) -> None:
         self.store = store
         self.inputs_dir = Path(inputs_dir)
         self.temp_dir = Path(temp_dir)
         self.outputs_dir = Path(outputs_dir)
+        self.segments_dir = Path(segments_dir) if segments_dir else None  # scale-out: one folder per running job
         self.job_retention = timedelta(hours=job_retention_hours)
         self.output_retention_seconds = output_retention_hours * 3600
         self.interval_seconds = interval_seconds
@@ -50,16 +52,29 @@ class Janitor:
         now = time.time() if now is None else now
         expired = self.store.finished_before(datetime.fromtimestamp(now) - self.job_retention)
         self.store.delete(j.id for j in expired)
-        in_use = {j.input_path.resolve() for j in self.store.unfinished()}
+        unfinished = self.store.unfinished()
+        in_use = {j.input_path.resolve() for j in unfinished}
         removed = {
             "jobs": len(expired),
             "inputs": self._sweep(self.inputs_dir, now - ORPHAN_AGE_SECONDS, keep=in_use),
             "temp": self._sweep(self.temp_dir, now - ORPHAN_AGE_SECONDS),
             "outputs": (self._sweep(self.outputs_dir, now - self.output_retention_seconds)
                         if self.output_retention_seconds else 0),
+            "segments": self._sweep_folders(now - ORPHAN_AGE_SECONDS, keep={j.id for j in unfinished}),
         }
         if any(removed.values()):
             log.info("cleanup removed %s", ", ".join(f"{n} {what}" for what, n in removed.items() if n))
+        return removed
+
+    def _sweep_folders(self, older_than: float, keep: set[str]) -> int:
+        """Segment folders of jobs that are over (a crash skipped their cleanup)."""
+        if self.segments_dir is None or not self.segments_dir.is_dir():
+            return 0
+        removed = 0
+        for folder in self.segments_dir.iterdir():
+            if folder.is_dir() and folder.name not in keep and folder.stat().st_mtime < older_than:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
         return removed
 
     @staticmethod

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .jobs import Job, JobStatus
+from .model_manager import gpu_memory_bytes
 
 if TYPE_CHECKING:
     from .services import Services
@@ -41,19 +42,28 @@ class _LiveState(Collector):
         yield CounterMetricFamily(f"{PREFIX}_model_loads", "Times the model was loaded", value=s.models.load_count)
         yield CounterMetricFamily(f"{PREFIX}_model_unloads", "Times the model was unloaded",
                                   value=s.models.unload_count)
-        allocated, reserved = _gpu_memory_bytes()
+        if s.cluster is not None:
+            yield from _worker_metrics(s.models.live_workers())
+        allocated, reserved = gpu_memory_bytes()
         yield GaugeMetricFamily(f"{PREFIX}_gpu_memory_allocated_bytes", "GPU memory held by tensors",
                                 value=allocated)
         yield GaugeMetricFamily(f"{PREFIX}_gpu_memory_reserved_bytes", "GPU memory reserved by the allocator",
                                 value=reserved)
 
 
-def _gpu_memory_bytes() -> tuple[float, float]:
-    import torch
-
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-        return 0.0, 0.0
-    return float(torch.cuda.memory_allocated()), float(torch.cuda.memory_reserved())
+def _worker_metrics(beats: list[dict[str, Any]]) -> Iterator[Any]:
+    """Scale-out: each live worker's model and GPU figures, labelled by worker name."""
+    yield GaugeMetricFamily(f"{PREFIX}_workers", "Live scale-out workers", value=len(beats))
+    figures = (("model_loaded", "1 when the worker's model is in memory", lambda b: 1 if b.get("model_loaded") else 0),
+               ("gpu_memory_allocated_bytes", "GPU memory held by tensors on the worker",
+                lambda b: b.get("gpu_memory_allocated_bytes", 0.0)),
+               ("gpu_memory_reserved_bytes", "GPU memory reserved on the worker",
+                lambda b: b.get("gpu_memory_reserved_bytes", 0.0)))
+    for name, help_text, value in figures:
+        family = GaugeMetricFamily(f"{PREFIX}_worker_{name}", help_text, labels=["worker"])
+        for beat in beats:
+            family.add_metric([beat["name"]], value(beat))
+        yield family
 
 
 class Metrics:

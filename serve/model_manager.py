@@ -45,6 +45,16 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def gpu_memory_bytes() -> tuple[float, float]:
+    """(allocated, reserved) bytes on the current CUDA device; zeros without CUDA or before it is in use."""
+    import torch
+
+    # Querying memory before CUDA is initialised would create a context (hundreds of MB) on an idle GPU.
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return 0.0, 0.0
+    return float(torch.cuda.memory_allocated()), float(torch.cuda.memory_reserved())
+
+
 class ModelManager(Generic[T]):
     """Owns one model: loads it on first use, unloads it ``idle_timeout`` seconds after the last use.
 

@@ -44,8 +44,23 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorBody
 
 
+class Worker(BaseModel):
+    """A live GPU worker (scale-out mode), from its last heartbeat."""
+
+    name: str
+    host: str | None
+    device: str | None = Field(description='"cpu" or "cuda:<index> <GPU name>"')
+    model_loaded: bool
+    model_state: Literal["unloaded", "loading", "loaded"] | None
+    model_error: str | None
+    current_task: str | None
+    gpu_memory_allocated_gb: float
+    gpu_memory_reserved_gb: float
+    last_seen: str | None
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "unavailable"]
     model_loaded: bool
     gpu_available: bool
     gpu_memory_allocated_gb: float
@@ -59,6 +74,9 @@ class Health(BaseModel):
     queue_capacity: int
     running_job: str | None
     running_jobs: list[str]
+    role: Literal["all", "api"] = Field(description="all: one process; api: in front of scale-out workers")
+    redis: str | None = Field(None, description='scale-out: "ok", or why Redis is unreachable')
+    workers: list[Worker] | None = Field(None, description="scale-out: the live workers")
 
 
 class Segment(BaseModel):

@@ -2,7 +2,8 @@
 """Entry point: ``python3 serve/qwen2_5_omni_awq.py --checkpoint-path Qwen/Qwen2.5-Omni-7B-AWQ --local-model``.
 
 Parses the flags and serves the app: with Werkzeug's threaded server by default (development), with
-gunicorn when ``--server gunicorn`` (or QWEN_OMNI_SERVER=gunicorn, as the Docker image sets).
+gunicorn when ``--server gunicorn`` (or QWEN_OMNI_SERVER=gunicorn, as the Docker image sets). With
+``--role worker`` it runs a scale-out GPU worker instead (see ``serve/distributed/``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.local_model:
         os.environ["HF_HUB_OFFLINE"] = "1"  # --local-model must never touch the network
 
+    if settings.role == "worker":  # scale-out: one GPU's model, no HTTP
+        from serve.distributed.worker import run
+
+        run(settings)
+        return 0
     from serve.server import serve
 
     serve(settings)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
@@ -18,12 +19,18 @@ from .engine import QwenOmniEngine
 from .errors import failure_of
 from .janitor import Janitor
 from .job_store import SqliteJobStore
-from .jobs import Job, JobControl, JobKind, JobQueue, new_job_id
+from .jobs import Job, JobControl, JobKind, JobQueue, JobStore, new_job_id
 from .metrics import Metrics
 from .model_manager import ModelManager
 from .outputs import OutputStore
 from .transcriber import Transcriber, TranscriptionParams
+from .transcript import Transcript
 from .uploads import Upload
+
+if TYPE_CHECKING:  # the scale-out classes, imported only in that mode (they need Redis and RQ)
+    from redis import Redis
+
+    from .distributed.cluster import Cluster, ClusterModels
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,9 @@ RENDERERS = {
     "srt": formats.to_srt,
     "vtt": formats.to_vtt,
 }
+
+# A job's transcription: (job, control) -> Transcript, here or on the scale-out workers.
+TranscribeJob = Callable[[Job, JobControl], Transcript]
 
 
 def engine_loader(settings: Settings):  # type: ignore[no-untyped-def]
@@ -50,7 +60,17 @@ def engine_loader(settings: Settings):  # type: ignore[no-untyped-def]
     return load
 
 
-def _close(recognizer: object) -> None:
+def local_transcription(transcriber: Transcriber) -> TranscribeJob:
+    """Transcribe on this process's model (the default single-process mode)."""
+
+    def transcribe(job: Job, control: JobControl) -> Transcript:
+        return transcriber(job.input_path, TranscriptionParams(**job.params), expected_duration=job.audio_duration,
+                           progress=control.report, should_stop=control.should_stop)
+
+    return transcribe
+
+
+def close_recognizer(recognizer: object) -> None:
     close = getattr(recognizer, "close", None)
     if close is not None:
         close()
@@ -59,32 +79,41 @@ def _close(recognizer: object) -> None:
 @dataclass
 class Services:
     settings: Settings
-    models: ModelManager[BatchingRecognizer]
-    transcriber: Transcriber
+    models: ModelManager[BatchingRecognizer] | ClusterModels
     jobs: JobQueue
     outputs: OutputStore
-    store: SqliteJobStore
+    store: JobStore  # what request handlers read: in scale-out mode it fails fast (503) when Redis is down
     janitor: Janitor
     metrics: Metrics
+    cluster: Cluster | None = None  # the scale-out workers, in the API role
+    redis: Redis | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         for folder in (settings.inputs_dir, settings.temp_dir, settings.outputs_dir, settings.data_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
         metrics = Metrics()
-        models: ModelManager[BatchingRecognizer] = ModelManager(
-            metrics.timed(metrics.load_seconds, engine_loader(settings)),
-            unloader=metrics.timed(metrics.unload_seconds, _close), idle_timeout=settings.idle_timeout,
-            name="Qwen2.5-Omni thinker",
-        )
-        transcriber = Transcriber(models, scratch_dir=settings.temp_dir)
         outputs = OutputStore(settings.outputs_dir)
-        store = SqliteJobStore(Path(settings.data_dir) / JOB_DATABASE)
+        cluster = client = None
+        if settings.role == "api":
+            from .distributed.api import ApiBackend
+
+            backend = ApiBackend.connect(settings)
+            models, store, background_store = backend.models, backend.store, backend.background_store
+            transcribe: TranscribeJob = backend.transcribe
+            cluster, client = backend.cluster, backend.redis
+        else:
+            manager: ModelManager[BatchingRecognizer] = ModelManager(
+                metrics.timed(metrics.load_seconds, engine_loader(settings)),
+                unloader=metrics.timed(metrics.unload_seconds, close_recognizer), idle_timeout=settings.idle_timeout,
+                name="Qwen2.5-Omni thinker",
+            )
+            transcribe = local_transcription(Transcriber(manager, scratch_dir=settings.temp_dir))
+            models, store = manager, SqliteJobStore(Path(settings.data_dir) / JOB_DATABASE)
+            background_store = store
 
         def run(job: Job, control: JobControl) -> tuple[dict[str, Any], str]:
-            transcript = transcriber(job.input_path, TranscriptionParams(**job.params),
-                                     expected_duration=job.audio_duration, progress=control.report,
-                                     should_stop=control.should_stop)
+            transcript = transcribe(job, control)
             name = outputs.save(RENDERERS[job.output_format](transcript), job.output_format)
             return transcript.to_dict(), name
 
@@ -92,15 +121,16 @@ class Services:
             job.input_path.unlink(missing_ok=True)
             metrics.job_finished(job)
 
-        jobs = JobQueue(store, run, failure_of, max_queued=settings.queue_depth,
-                        concurrency=settings.concurrent_jobs, on_finished=finished)
-        janitor = Janitor(store, inputs_dir=settings.inputs_dir, temp_dir=settings.temp_dir,
+        jobs = JobQueue(background_store, run, failure_of, max_queued=settings.queue_depth,
+                        concurrency=settings.job_concurrency, on_finished=finished)
+        janitor = Janitor(background_store, inputs_dir=settings.inputs_dir, temp_dir=settings.temp_dir,
                           outputs_dir=settings.outputs_dir, job_retention_hours=settings.job_retention_hours,
-                          output_retention_hours=settings.output_retention_hours)
+                          output_retention_hours=settings.output_retention_hours,
+                          segments_dir=settings.segments_dir if settings.role == "api" else None)
         jobs.start()
         janitor.start()
-        services = cls(settings=settings, models=models, transcriber=transcriber, jobs=jobs, outputs=outputs,
-                       store=store, janitor=janitor, metrics=metrics)
+        services = cls(settings=settings, models=models, jobs=jobs, outputs=outputs, store=store, janitor=janitor,
+                       metrics=metrics, cluster=cluster, redis=client)
         metrics.watch(services)
         return services
 
@@ -129,6 +159,8 @@ class Services:
         self.janitor.stop()
         self.jobs.stop()
         self.models.close()
+        if self.redis is not None:
+            self.redis.close()
 
 
 def services() -> Services:

@@ -68,7 +68,7 @@ class SpeechRecognizer(Protocol):
     def transcribe(self, samples: np.ndarray, options: GenerationOptions) -> str: ...
 
 
-def _submit(recognizer: SpeechRecognizer, samples: np.ndarray, options: GenerationOptions) -> Future[str]:
+def submit_segment(recognizer: SpeechRecognizer, samples: np.ndarray, options: GenerationOptions) -> Future[str]:
     """Queue a segment on a batching recognizer; run it at once on a plain one."""
     submit = getattr(recognizer, "submit", None)
     if submit is not None:
@@ -99,12 +99,12 @@ class Transcriber:
 
             def flush() -> None:
                 """Submit the group at once (one batch), then collect its texts in order."""
-                futures = [_submit(recognizer, s.samples, params.generation) if not s.is_silent() else None
+                futures = [submit_segment(recognizer, s.samples, params.generation) if not s.is_silent() else None
                            for _, s in group]
                 for (done, segment), future in zip(group, futures, strict=True):
                     piece = None
                     if future is not None:
-                        text = self._text(recognizer, segment, future, params)
+                        text = segment_text(recognizer, segment, future, params)
                         log.debug("segment %d [%.2f-%.2f]: %r", segment.index, segment.start, segment.end, text)
                         piece = Piece(start=segment.start, end=segment.end, text=text)
                         pieces.append(piece)
@@ -128,19 +128,21 @@ class Transcriber:
             flush()
         return Transcript(pieces=tuple(pieces), duration=duration)
 
-    def _text(self, recognizer: SpeechRecognizer, segment: Segment, future: Future[str],
-              params: TranscriptionParams) -> str:
-        def clean(raw: str) -> str:
-            return clean_transcript(raw, opencc=params.opencc)
 
+def segment_text(recognizer: SpeechRecognizer, segment: Segment, future: Future[str],
+                 params: TranscriptionParams) -> str:
+    """A segment's clean text from its pending result; out of memory, the segment is retried in two halves."""
+
+    def clean(raw: str) -> str:
+        return clean_transcript(raw, opencc=params.opencc)
+
+    try:
+        return clean(future.result())
+    except EngineOutOfMemory as first:
+        # Alone it did not fit: the smaller batch is half a segment.
+        log.warning("out of memory at %.1f-%.1f s (%s): retrying in two halves", segment.start, segment.end, first)
         try:
-            return clean(future.result())
-        except EngineOutOfMemory as first:
-            # Alone it did not fit: the smaller batch is half a segment.
-            log.warning("out of memory at %.1f-%.1f s (%s): retrying in two halves", segment.start, segment.end,
-                        first)
-            try:
-                return join_pieces([clean(recognizer.transcribe(half, params.generation))
-                                    for half in np.array_split(segment.samples, 2)])
-            except EngineOutOfMemory as second:
-                raise SegmentOutOfMemory(segment) from second
+            return join_pieces([clean(recognizer.transcribe(half, params.generation))
+                                for half in np.array_split(segment.samples, 2)])
+        except EngineOutOfMemory as second:
+            raise SegmentOutOfMemory(segment) from second

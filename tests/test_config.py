@@ -78,3 +78,19 @@ def test_help_lists_every_flag_and_its_environment_variable() -> None:
                  "--max-new-tokens", "--temperature", "--repetition-penalty", "--idle-timeout", "--preload"):
         assert flag in out
     assert "QWEN_OMNI_IDLE_TIMEOUT" in out
+
+
+def test_scale_out_roles_need_redis(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("QWEN_OMNI_REDIS_URL", raising=False)
+    assert parse_args([]).role == "all"  # the embedded default needs no Redis
+    for role in ("api", "worker"):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(["--role", role])
+        assert exc.value.code == 2 and f"--role {role} needs --redis-url" in capsys.readouterr().err
+    monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")  # the conventional variable, as compose sets it
+    assert parse_args(["--role", "worker"]).redis_url == "redis://redis:6379/0"
+    assert parse_args(["--role", "api", "--redis-url", "redis://other:6380/1"]).redis_url == "redis://other:6380/1"
+    # An API's running job only cuts and waits, so many run at once; one process shares one GPU among 2.
+    assert (parse_args([]).job_concurrency, parse_args(["--role", "api"]).job_concurrency) == (2, 32)
+    assert parse_args(["--role", "api", "--concurrent-jobs", "4"]).job_concurrency == 4

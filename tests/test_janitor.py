@@ -41,7 +41,7 @@ def test_sweep(tmp_path: Path) -> None:
 
     janitor = Janitor(store, inputs_dir=inputs, temp_dir=temp, outputs_dir=outputs, job_retention_hours=168,
                       output_retention_hours=24)
-    assert janitor.run_once() == {"jobs": 1, "inputs": 1, "temp": 1, "outputs": 1}
+    assert janitor.run_once() == {"jobs": 1, "inputs": 1, "temp": 1, "outputs": 1, "segments": 0}
     assert store.get(expired.id) is None and store.get(recent.id) and store.get(live.id)
     assert live_upload.exists() and fresh.exists() and keep_marker.exists() and not orphan.exists()
     assert not old_scratch.exists() and not old_output.exists() and new_output.exists()
@@ -50,3 +50,25 @@ def test_sweep(tmp_path: Path) -> None:
                            output_retention_hours=0)
     aged(outputs / "2019_z.txt", 10 * 86400)
     assert keep_outputs.run_once()["outputs"] == 0  # 0 = keep transcripts forever
+
+
+def test_sweep_of_scale_out_segment_folders(tmp_path: Path) -> None:
+    """The API hands segments to the workers in one folder per job; a crash can leave one behind."""
+    segments = tmp_path / "segments"
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    running = Job(id=new_job_id(), kind=JobKind.ASYNC, input_path=tmp_path / "a.wav", filename="a.wav", params={})
+    store.add(running)
+
+    def folder(name: str, age: float) -> Path:
+        (segments / name).mkdir(parents=True)
+        aged(segments / name / "0.npy", age)
+        os.utime(segments / name, (time.time() - age, time.time() - age))
+        return segments / name
+
+    long_running = folder(running.id, 7200)  # a long job's folder stops changing once it is cut
+    left_behind = folder("dead-job", 7200)
+    just_made = folder("new-job", 60)
+    janitor = Janitor(store, inputs_dir=tmp_path / "i", temp_dir=tmp_path / "t", outputs_dir=tmp_path / "o",
+                      job_retention_hours=168, output_retention_hours=0, segments_dir=segments)
+    assert janitor.run_once()["segments"] == 1
+    assert long_running.exists() and just_made.exists() and not left_behind.exists()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import redis
 import torch
 from flask import Blueprint, jsonify
 
+from ..distributed.cluster import summary
+from ..model_manager import gpu_memory_bytes
 from ..services import services
 from .common import now_iso
 
@@ -13,19 +16,14 @@ bp = Blueprint("health", __name__)
 _GIB = 1024**3
 
 
-def _gpu_memory_gb() -> tuple[float, float]:
-    # Querying memory before CUDA is initialised would create a context (hundreds of MB) on an idle GPU.
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-        return 0.0, 0.0
-    return (round(torch.cuda.memory_allocated() / _GIB, 2), round(torch.cuda.memory_reserved() / _GIB, 2))
-
-
 @bp.get("/health")
 def health():  # type: ignore[no-untyped-def]
     """Liveness and model/GPU state; never loads the model
     ---
     get:
       summary: Liveness and model/GPU state
+      description: In the scale-out API role, the model and GPU fields sum up the live workers, listed in
+        `workers`; while Redis is unreachable the answer is 503 with status "unavailable".
       security: []
       responses:
         200:
@@ -33,23 +31,36 @@ def health():  # type: ignore[no-untyped-def]
           content:
             application/json:
               schema: Health
+        503:
+          description: the job store (Redis) is unreachable (scale-out API role)
+          content:
+            application/json:
+              schema: Health
     """
     s = services()
-    allocated, reserved = _gpu_memory_gb()
-    models = s.models
-    return jsonify(
-        status="ok",
-        model_loaded=models.loaded,
-        gpu_available=torch.cuda.is_available(),
-        gpu_memory_allocated_gb=allocated,
-        gpu_memory_reserved_gb=reserved,
-        timestamp=now_iso(),
-        model_state=models.state.value,
-        model_error=models.last_error,
-        checkpoint=s.settings.checkpoint_path,
-        idle_timeout=s.settings.idle_timeout,
-        queue_depth=s.jobs.depth,
-        queue_capacity=s.jobs.max_queued,
-        running_job=s.jobs.running_job,
-        running_jobs=s.jobs.running_jobs,
-    )
+    if s.cluster is None:
+        allocated, reserved = gpu_memory_bytes()
+        model = {
+            "model_loaded": s.models.loaded, "gpu_available": torch.cuda.is_available(),
+            "gpu_memory_allocated_gb": round(allocated / _GIB, 2), "gpu_memory_reserved_gb": round(reserved / _GIB, 2),
+            "model_state": s.models.state.value, "model_error": s.models.last_error,
+        }
+        redis_state, status = None, 200
+    else:
+        try:
+            model, redis_state, status = summary(s.cluster.workers()), "ok", 200
+        except redis.RedisError as exc:
+            model, redis_state, status = summary([]), f"unreachable: {exc}", 503
+    guide_fields = ("model_loaded", "gpu_available", "gpu_memory_allocated_gb", "gpu_memory_reserved_gb")
+    body = {
+        "status": "ok" if status == 200 else "unavailable",
+        **{name: model.pop(name) for name in guide_fields},
+        "timestamp": now_iso(),
+        **model,
+        "checkpoint": s.settings.checkpoint_path, "idle_timeout": s.settings.idle_timeout,
+        "queue_depth": s.jobs.depth, "queue_capacity": s.jobs.max_queued,
+        "running_job": s.jobs.running_job, "running_jobs": s.jobs.running_jobs, "role": s.settings.role,
+    }
+    if redis_state is not None:
+        body["redis"] = redis_state
+    return jsonify(body), status

@@ -1,0 +1,145 @@
+"""The API role's view of the workers: who is alive (heartbeats), what they run, and what /health reports.
+
+Each worker refreshes a key with a short expiry (see ``worker.py``); a worker that was killed stops doing so
+and disappears within ``HEARTBEAT_TTL`` seconds. :class:`ClusterModels` stands in for the single-process
+model manager in /health and /metrics: "loaded" when any live worker holds its model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from flask import Flask
+
+from ..errors import error_response
+from ..model_manager import ModelState
+from .redis_store import redis_key
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PREFIX = redis_key("worker", "")
+RETRY_AFTER_SECONDS = 5
+_GIB = 1024**3
+
+
+def heartbeat_key(name: str) -> str:
+    return HEARTBEAT_PREFIX + name
+
+
+class Cluster:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The live workers' last heartbeats, by name. Raises redis errors (the caller decides what they mean)."""
+        keys = sorted(self.redis.scan_iter(match=HEARTBEAT_PREFIX + "*", count=100))
+        beats = [json.loads(value) for value in (self.redis.mget(keys) if keys else []) if value]
+        return sorted(beats, key=lambda beat: beat["name"])
+
+    def rq_worker_alive(self, rq_name: str) -> bool:
+        return any(beat.get("rq_worker") == rq_name for beat in self.workers())
+
+    def ping(self) -> str | None:
+        """None when Redis answers, else why not."""
+        try:
+            self.redis.ping()
+            return None
+        except redis.RedisError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+
+def describe(beat: dict[str, Any]) -> dict[str, Any]:
+    """A worker as /health shows it."""
+    return {
+        "name": beat["name"], "host": beat.get("host"), "device": beat.get("device"),
+        "model_loaded": beat.get("model_loaded", False), "model_state": beat.get("model_state"),
+        "model_error": beat.get("model_error"), "current_task": beat.get("current_task"),
+        "gpu_memory_allocated_gb": round(beat.get("gpu_memory_allocated_bytes", 0.0) / _GIB, 2),
+        "gpu_memory_reserved_gb": round(beat.get("gpu_memory_reserved_bytes", 0.0) / _GIB, 2),
+        "last_seen": datetime.fromtimestamp(beat["seen"], UTC).isoformat() if beat.get("seen") else None,
+    }
+
+
+NO_WORKERS = "no live workers: start one with --role worker"
+
+
+def _state(beats: list[dict[str, Any]]) -> ModelState:
+    states = {beat.get("model_state") for beat in beats}
+    return next((state for state in (ModelState.LOADED, ModelState.LOADING) if state.value in states),
+                ModelState.UNLOADED)
+
+
+def _error(beats: list[dict[str, Any]]) -> str | None:
+    if not beats:
+        return NO_WORKERS
+    return next((beat["model_error"] for beat in beats if beat.get("model_error")), None)
+
+
+def summary(beats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers as the single-process /health fields (the guide's, summed up) plus the list of them."""
+    workers = [describe(beat) for beat in beats]
+    return {
+        "model_loaded": any(w["model_loaded"] for w in workers),
+        "gpu_available": any(str(w["device"]).startswith("cuda") for w in workers),
+        "gpu_memory_allocated_gb": round(sum(w["gpu_memory_allocated_gb"] for w in workers), 2),
+        "gpu_memory_reserved_gb": round(sum(w["gpu_memory_reserved_gb"] for w in workers), 2),
+        "model_state": _state(beats).value,
+        "model_error": _error(beats),
+        "workers": workers,
+    }
+
+
+class ClusterModels:
+    """The workers' models, seen from the API: the model-manager figures /metrics reads."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        """The live workers' heartbeats; none while Redis is unreachable."""
+        try:
+            return self.cluster.workers()
+        except redis.RedisError:
+            return []
+
+    @property
+    def loaded(self) -> bool:
+        return any(beat.get("model_loaded") for beat in self.live_workers())
+
+    @property
+    def state(self) -> ModelState:
+        return _state(self.live_workers())
+
+    @property
+    def last_error(self) -> str | None:
+        return _error(self.live_workers())
+
+    @property
+    def load_count(self) -> int:
+        return sum(beat.get("load_count", 0) for beat in self.live_workers())
+
+    @property
+    def unload_count(self) -> int:
+        return sum(beat.get("unload_count", 0) for beat in self.live_workers())
+
+    def preload(self) -> None:
+        """Workers load their own models (``--preload`` on each worker)."""
+
+    def close(self) -> None:
+        """Nothing to release here: the models live in the workers."""
+
+
+def register_redis_errors(app: Flask) -> None:
+    """Redis down (restarting): requests answer 503 with Retry-After, and work again once it is back."""
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_error(exc: redis.RedisError):  # type: ignore[no-untyped-def]
+        log.warning("Redis unavailable: %s", exc)
+        response, status = error_response("the job store (Redis) is unavailable; retry shortly",
+                                          "store_unavailable", 503)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response, status

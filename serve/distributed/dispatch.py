@@ -1,0 +1,209 @@
+"""The API role's job runner: cut the audio here, transcribe it on the workers, reassemble it in order.
+
+Segments are cut exactly as in the single-process server (pauses, trimming), saved to the shared segments
+folder and queued as RQ tasks of ``segments_per_task`` segments as soon as they are cut, so that several
+workers transcribe one file in parallel. The runner then watches the results: a task whose worker stopped
+heart-beating, that failed, or that Redis lost is queued again (at-least-once); results are keyed by
+segment, so a segment done twice is stored once, and the transcript is assembled in segment order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as Task
+from rq.job import JobStatus as TaskStatus
+
+from ..audio import Segment, decode_segments
+from ..errors import APIError
+from ..jobs import Job, JobControl
+from ..transcriber import TranscriptionParams, TranscriptionStopped
+from ..transcript import Piece, Transcript
+from .cluster import Cluster
+from .redis_store import patiently
+from .worker import QUEUE, pieces_key, transcribe_task
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+MAX_FAILURES = 3  # a task that raises this often (a dead worker does not count) fails its job
+TASK_TIMEOUT = 3600  # seconds a worker may spend on one task before RQ stops it
+
+
+class TaskFailed(APIError):
+    """A segment task kept failing on the workers."""
+
+    status = 500
+    code = "worker_failed"
+
+
+@dataclass
+class _Task:
+    """A few consecutive segments of one job, handed to one worker; queued again under a new RQ id."""
+
+    job_id: str
+    number: int
+    segments: list[dict[str, Any]]
+    attempt: int = 0
+    failures: int = 0
+
+    @property
+    def rq_id(self) -> str:
+        return f"{self.job_id}-{self.number}-{self.attempt}"
+
+
+def _describe(segment: Segment) -> dict[str, Any]:
+    return {"index": segment.index, "start": segment.start, "end": segment.end, "cut_start": segment.cut_start,
+            "cut_end": segment.cut_end, "silent": segment.is_silent()}
+
+
+class RemoteTranscriber:
+    """``(job, control) -> Transcript`` on the workers; one call per job, on a job-queue thread."""
+
+    def __init__(self, client: redis.Redis, cluster: Cluster, segments_dir: Path, segments_per_task: int) -> None:
+        self.redis = client
+        self.cluster = cluster
+        self.queue = Queue(QUEUE, connection=client)
+        self.segments_dir = Path(segments_dir)
+        self.segments_per_task = segments_per_task
+
+    def __call__(self, job: Job, control: JobControl) -> Transcript:
+        return _Dispatch(self, job, control).run()
+
+
+class _Dispatch:
+    """One job's segments on their way through the workers."""
+
+    def __init__(self, owner: RemoteTranscriber, job: Job, control: JobControl) -> None:
+        self.owner = owner
+        self.redis = owner.redis
+        self.job = job
+        self.control = control
+        self.params = TranscriptionParams(**job.params)
+        self.folder = owner.segments_dir / job.id
+        self.order: list[dict[str, Any]] = []  # every segment, silent ones too, in file order
+        self.tasks: list[_Task] = []
+        self.results: dict[int, dict[str, Any]] = {}
+        self.reported = 0  # segments reported to the job's progress, in order
+        self.expected = (math.ceil(job.audio_duration / self.params.segment_duration)
+                         if job.audio_duration else None)
+
+    def run(self) -> Transcript:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        patiently(lambda: self.redis.delete(pieces_key(self.job.id)))  # a re-run starts clean
+        try:
+            pending: list[dict[str, Any]] = []
+            for segment in decode_segments(self.job.input_path, self.params.segment_duration, self.folder):
+                self._check_stop()
+                entry = _describe(segment)
+                self.order.append(entry)
+                if not entry["silent"]:
+                    # Relative to the segments folder: each worker may mount it somewhere else.
+                    entry["file"] = f"{self.job.id}/{segment.index}.npy"
+                    np.save(self.owner.segments_dir / entry["file"], segment.samples)
+                    pending.append(entry)
+                if len(pending) >= self.owner.segments_per_task:
+                    self._enqueue(_Task(self.job.id, len(self.tasks), pending))
+                    pending = []
+                self._collect()
+            if pending:
+                self._enqueue(_Task(self.job.id, len(self.tasks), pending))
+            while self._outstanding():
+                time.sleep(POLL_SECONDS)
+                self._check_stop()
+                self._collect()
+                for task in self._outstanding():
+                    self._check(task)
+            pieces = [Piece(r["start"], r["end"], r["text"])
+                      for r in (self.results[e["index"]] for e in self.order if not e["silent"])]
+            return Transcript(pieces=tuple(pieces), duration=self.order[-1]["cut_end"] if self.order else 0.0)
+        except BaseException:
+            for task in self.tasks:
+                self._cancel(task)
+            raise
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            patiently(lambda: self.redis.delete(pieces_key(self.job.id)))
+
+    def _check_stop(self) -> None:
+        if self.control.should_stop():
+            raise TranscriptionStopped()
+
+    def _outstanding(self) -> list[_Task]:
+        return [t for t in self.tasks if any(s["index"] not in self.results for s in t.segments)]
+
+    def _enqueue(self, task: _Task) -> None:
+        task.attempt += 1
+        if task.attempt == 1:
+            self.tasks.append(task)
+        # A retried task goes to the front: its job is waiting for it, and the job's other segments are done.
+        patiently(lambda: self.owner.queue.enqueue(
+            transcribe_task, self.job.id, task.segments, asdict(self.params), job_id=task.rq_id,
+            job_timeout=TASK_TIMEOUT, result_ttl=300, failure_ttl=3600, at_front=task.attempt > 1,
+            description=f"job {self.job.id} segments {task.segments[0]['index']}-{task.segments[-1]['index']}"))
+
+    def _cancel(self, task: _Task) -> None:
+        with contextlib.suppress(NoSuchJobError, redis.RedisError):  # best effort: the job is over anyway
+            Task.fetch(task.rq_id, connection=self.redis).cancel()
+
+    def _collect(self) -> None:
+        """Read the finished segments and report, in file order, every one up to the first still missing."""
+        done = patiently(lambda: self.redis.hgetall(pieces_key(self.job.id)))
+        self.results = {int(k): json.loads(v) for k, v in done.items()}
+        while self.reported < len(self.order):
+            entry = self.order[self.reported]
+            piece = None
+            if not entry["silent"]:
+                if entry["index"] not in self.results:
+                    break
+                result = self.results[entry["index"]]
+                piece = {"start": result["start"], "end": result["end"], "text": result["text"]}
+            self.reported += 1
+            total = max(self.expected, self.reported) if self.expected else None
+            self.control.report(self.reported, total, entry["cut_end"], piece)
+
+    def _check(self, task: _Task) -> None:
+        """Queue ``task`` again if Redis lost it, it failed, or its worker stopped heart-beating."""
+        try:
+            rq_task = patiently(lambda: Task.fetch(task.rq_id, connection=self.redis))
+            status = patiently(rq_task.get_status)
+        except NoSuchJobError:
+            log.warning("task %s was lost (Redis restarted?): queuing it again", task.rq_id)
+            self._enqueue(task)
+            return
+        if status == TaskStatus.FAILED:
+            result = patiently(rq_task.latest_result)
+            reason = (result.exc_string or "").strip().splitlines()[-1:] if result else []
+            reason_text = reason[0] if reason else "unknown error"
+            task.failures += 1
+            if task.failures >= MAX_FAILURES:
+                raise TaskFailed(f"a worker failed on segments {task.segments[0]['index']}-"
+                                 f"{task.segments[-1]['index']} {task.failures} times: {reason_text}")
+            log.warning("task %s failed (%s): queuing it again", task.rq_id, reason_text)
+            self._enqueue(task)
+        elif status == TaskStatus.STARTED:
+            owners = self._owners(rq_task)
+            if owners and not any(self.owner.cluster.rq_worker_alive(name) for name in owners):
+                log.warning("worker %s stopped heart-beating during task %s: queuing it again", owners[0],
+                            task.rq_id)
+                self._enqueue(task)
+
+    @staticmethod
+    def _owners(rq_task: Task) -> list[str]:
+        """The names of the RQ workers running ``rq_task``; none when it finished meanwhile."""
+        try:
+            return [execution.worker_name for execution in patiently(rq_task.get_executions)]
+        except ValueError:  # RQ: an execution ended between listing and reading it
+            return []

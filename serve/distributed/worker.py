@@ -1,0 +1,170 @@
+"""The worker role: one GPU's model, taking segments from Redis with RQ.
+
+``python3 serve/qwen2_5_omni_awq.py --role worker --redis-url redis://…`` runs an RQ ``SimpleWorker`` (no
+fork: the model stays loaded between tasks, and CUDA does not survive a fork) on the segments queue.
+A task is a few segments of one job, saved by the API as .npy files in the shared segments folder; the
+worker transcribes them as one batch and writes each piece to the job's results hash. Writes are
+idempotent (keyed by segment), so a task run twice, after a worker died mid-task, does no harm.
+A heartbeat key with a short expiry tells the API which workers are alive and what they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from rq import Queue, SimpleWorker, get_current_job
+
+from ..audio import Segment
+from ..config import Settings
+from ..model_manager import ModelManager, gpu_memory_bytes
+from ..transcriber import TranscriptionParams, segment_text, submit_segment
+from .cluster import heartbeat_key
+from .redis_store import RedisJobStore, patiently, redis_key
+
+log = logging.getLogger(__name__)
+
+QUEUE = "qwen-segments"
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_TTL = 5  # a worker silent this long is dead; its task goes to another worker
+RECONNECT_SECONDS = 1.0
+
+
+def pieces_key(job_id: str) -> str:
+    return redis_key("job", job_id, "pieces")
+
+
+@dataclass
+class WorkerContext:
+    """What a task needs. RQ runs module-level functions, so the worker sets this once at start."""
+
+    name: str
+    models: ModelManager
+    redis: redis.Redis
+    segments_dir: Path
+    device: str = "cpu"
+    rq_name: str = ""  # the RQ worker's current name: a new one after each reconnection
+    current_task: str | None = None
+    started: float = field(default_factory=time.time)
+
+    def heartbeat(self) -> None:
+        state = {
+            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
+            "model_loaded": self.models.loaded, "model_state": self.models.state.value,
+            "model_error": self.models.last_error, "current_task": self.current_task,
+            "load_count": self.models.load_count, "unload_count": self.models.unload_count,
+            **_gpu_memory(), "rq_worker": self.rq_name, "started": self.started, "seen": time.time(),
+        }
+        self.redis.set(heartbeat_key(self.name), json.dumps(state), ex=HEARTBEAT_TTL)
+
+
+_context: WorkerContext | None = None
+
+
+def transcribe_task(job_id: str, segments: list[dict[str, Any]], params: dict[str, Any]) -> int:
+    """RQ task: transcribe ``segments`` (index, file, start, end, cut_start, cut_end) of job ``job_id``.
+
+    Returns how many segments it transcribed (0 when the job has finished meanwhile: cancelled, failed).
+    """
+    context = _context
+    if context is None:
+        raise RuntimeError("transcribe_task runs only inside a worker started by serve.distributed.worker.run")
+    if not patiently(lambda: RedisJobStore(context.redis).is_unfinished(job_id)):
+        log.info("job %s has finished meanwhile: skipping its segments", job_id)
+        return 0
+    task = get_current_job()
+    context.current_task = task.id if task else None
+    p = TranscriptionParams(**params)
+    started = time.monotonic()
+    try:
+        loaded = [Segment(s["index"], s["start"], s["end"], np.load(context.segments_dir / s["file"]),
+                          s["cut_start"], s["cut_end"]) for s in segments]
+        with context.models.use() as recognizer:
+            futures = [submit_segment(recognizer, segment.samples, p.generation) for segment in loaded]
+            for segment, future in zip(loaded, futures, strict=True):
+                text = segment_text(recognizer, segment, future, p)
+                piece = json.dumps({"start": segment.start, "end": segment.end, "text": text, "worker": context.name},
+                                   ensure_ascii=False)
+                patiently(lambda index=segment.index, value=piece:
+                          context.redis.hset(pieces_key(job_id), str(index), value))
+    finally:
+        context.current_task = None
+    log.info("job %s: segments %d-%d (%.1f s of audio) in %.2f s", job_id, segments[0]["index"],
+             segments[-1]["index"], sum(s["cut_end"] - s["cut_start"] for s in segments), time.monotonic() - started)
+    return len(segments)
+
+
+def _gpu_memory() -> dict[str, float]:
+    allocated, reserved = gpu_memory_bytes()
+    return {"gpu_memory_allocated_bytes": allocated, "gpu_memory_reserved_bytes": reserved}
+
+
+def _device_name(settings: Settings) -> str:
+    import torch
+
+    if settings.device != "cpu" and torch.cuda.is_available():
+        index = torch.device(settings.device if settings.device != "auto" else "cuda").index or 0
+        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    return "cpu"
+
+
+def _beat(context: WorkerContext, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            context.heartbeat()
+        except redis.RedisError as exc:
+            log.warning("heartbeat not sent (%s)", exc)
+        stop.wait(HEARTBEAT_SECONDS)
+
+
+def run(settings: Settings) -> None:
+    """Serve tasks until SIGTERM/SIGINT (a warm stop: the task in hand finishes first)."""
+    global _context
+    from ..services import close_recognizer, engine_loader
+
+    name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    # No socket timeout: RQ blocks on the queue for longer than redis-py's default of 5 s.
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=None,  # type: ignore[arg-type]
+                                  health_check_interval=10)
+    models = ModelManager(engine_loader(settings), unloader=close_recognizer, idle_timeout=settings.idle_timeout,
+                          name="Qwen2.5-Omni thinker")
+    context = _context = WorkerContext(name=name, models=models, redis=client,
+                                       segments_dir=Path(settings.segments_dir), device=_device_name(settings))
+    stop = threading.Event()
+    threading.Thread(target=_beat, args=(context, stop), name="heartbeat", daemon=True).start()
+    if settings.preload:
+        models.preload()
+    log.info("worker %s (%s) taking tasks from %s at %s", name, context.device, QUEUE, settings.redis_url)
+    try:
+        while True:
+            # RQ names must be unique, also across a Redis restart and a restarted worker of the same name
+            # (RQ keeps a dead one registered for a while); the API must see the new one before any task
+            # runs under it, or it would take that task's worker for dead.
+            context.rq_name = f"{name}.{uuid.uuid4().hex[:8]}"
+            try:
+                context.heartbeat()
+                worker = SimpleWorker([Queue(QUEUE, connection=client)], connection=client, name=context.rq_name,
+                                      worker_ttl=30)
+                # RQ logs four lines a task at INFO; the task logs one of its own.
+                worker.work(logging_level="DEBUG" if settings.log_level == "DEBUG" else "WARNING")
+                break  # a warm stop
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                log.warning("lost Redis (%s): reconnecting", exc)
+                time.sleep(RECONNECT_SECONDS)
+    finally:
+        stop.set()
+        models.close()
+        with contextlib.suppress(redis.RedisError):
+            client.delete(heartbeat_key(name))
+        _context = None

@@ -1,0 +1,69 @@
+"""The API role in-process, on a real Redis: /health from the workers' heartbeats, and 503 while Redis is down."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from local_redis import RedisServer
+
+from serve.distributed import worker
+from serve.distributed.cluster import NO_WORKERS
+from serve.distributed.worker import WorkerContext
+from serve.model_manager import ModelManager
+from tests.conftest import folder_is_empty, form_upload
+from tests.test_metrics import scrape, value
+
+
+def test_health_lists_the_live_workers_and_forgets_a_silent_one(make_app, redis_url: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_app(role="api", redis_url=redis_url, segments_dir=tmp_path / "segments").test_client()
+    health = client.get("/health").get_json()
+    assert health["status"] == "ok" and health["role"] == "api" and health["redis"] == "ok"
+    assert health["workers"] == [] and not health["model_loaded"] and health["model_error"] == NO_WORKERS
+
+    # A worker's own heartbeat, as its heartbeat thread sends it (its model is not loaded: no loader runs).
+    monkeypatch.setattr(worker, "HEARTBEAT_TTL", 1)
+    context = WorkerContext(name="gpu-a", models=ModelManager(lambda: None), redis=redis.Redis.from_url(redis_url),
+                            segments_dir=tmp_path / "segments", rq_name="gpu-a.1")
+    context.heartbeat()
+    (listed,) = client.get("/health").get_json()["workers"]
+    assert listed["name"] == "gpu-a" and listed["device"] == "cpu" and listed["model_state"] == "unloaded"
+    assert listed["last_seen"] and listed["current_task"] is None
+    metrics = scrape(client)
+    assert value(metrics["qwen_omni_workers"], "qwen_omni_workers") == 1
+    assert value(metrics["qwen_omni_worker_model_loaded"], "qwen_omni_worker_model_loaded", worker="gpu-a") == 0
+
+    time.sleep(1.5)  # no heartbeat for longer than its expiry: the worker is gone
+    assert client.get("/health").get_json()["workers"] == []
+
+
+def test_redis_down_answers_503_loses_no_upload_and_recovers(make_app, audio_dir: Path,  # type: ignore[no-untyped-def]
+                                                            tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    app = make_app(role="api", redis_url=server.url, segments_dir=tmp_path / "segments")
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    server.stop()
+    try:
+        started = time.monotonic()
+        response = client.post("/transcribe/json", data=form_upload(audio_dir / "speech.wav"))
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert response.get_json() == {"status": "error", "error": "the job store (Redis) is unavailable; retry "
+                                       "shortly", "code": "store_unavailable"}
+        assert time.monotonic() - started < 5  # refused fast, not after Redis's retries
+        assert folder_is_empty(tmp_path / "inputs")  # the upload was not kept for a job that does not exist
+        openai = client.post("/v1/audio/transcriptions", data=form_upload(audio_dir / "speech.wav", model="x"))
+        assert openai.status_code == 503 and openai.get_json()["error"]["code"] == "store_unavailable"
+        for path in ("/jobs", "/status/abc", "/result/abc"):
+            assert client.get(path).status_code == 503, path
+        health = client.get("/health")
+        assert health.status_code == 503 and health.get_json()["status"] == "unavailable"
+        assert health.get_json()["redis"].startswith("unreachable")
+        assert client.get("/metrics").status_code == 200  # a scrape still works, without the workers
+    finally:
+        server.start()
+    assert client.get("/health").get_json()["status"] == "ok"  # no restart needed
+    assert client.get("/jobs").status_code == 200
