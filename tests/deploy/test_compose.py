@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.config import parse_args
+from serve.config import APP_DIR, parse_args
 from tests.conftest import ROOT
 from tests.deploy.conftest import compose_config
 
@@ -32,6 +32,7 @@ def awq() -> dict:
 def test_each_profile_validates_and_selects_its_service() -> None:
     assert list(compose_config("--profile", "awq")["services"]) == ["qwen2.5-omni-http-awq"]
     assert list(compose_config("--profile", "fp16")["services"]) == ["qwen2.5-omni-http"]
+    assert sorted(compose_config("--profile", "scale")["services"]) == ["api", "redis", "worker-0", "worker-1"]
     assert compose_config().get("services", {}) == {}  # no profile, nothing starts by accident
 
 
@@ -90,3 +91,37 @@ def test_guides_cuda_visible_devices_example() -> None:
     default = compose_config("--profile", "awq", env={k: v for k, v in os.environ.items()
                                                        if k != "CUDA_VISIBLE_DEVICES"})
     assert default["services"]["qwen2.5-omni-http-awq"]["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+@pytest.fixture(scope="module")
+def scale() -> dict:
+    return compose_config("--profile", "scale")["services"]
+
+
+def test_scale_profile_one_api_and_one_worker_per_gpu(scale: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    api, workers = scale["api"], [scale["worker-0"], scale["worker-1"]]
+    assert "deploy" not in api or not api["deploy"].get("resources")  # the api holds no model
+    assert api["ports"][0]["published"] == "5000"
+    gpus = [w["deploy"]["resources"]["reservations"]["devices"] for w in workers]
+    assert [d[0]["device_ids"] for d in gpus] == [["0"], ["1"]] and all(d[0]["driver"] == "nvidia" for d in gpus)
+    for service, role in ((api, "api"), *((w, "worker") for w in workers)):
+        monkeypatch.setenv("REDIS_URL", service["environment"]["REDIS_URL"])
+        settings = parse_args(service["command"][2:])
+        assert settings.role == role and settings.redis_url == "redis://redis:6379/0"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        # The api hands segments to the workers through data/segments: the same folder in every container.
+        assert {v["target"]: v["source"] for v in service["volumes"]}["/app/data"] == str(ROOT / "data")
+        assert settings.segments_dir == APP_DIR / "data" / "segments"  # /app/data/segments in the image
+    names = [w["environment"]["QWEN_OMNI_WORKER_NAME"] for w in workers]
+    assert names == ["worker-0", "worker-1"]
+    assert all(parse_args(w["command"][2:]).local_model for w in workers)
+    # Only worker-0 downloads the model into the shared ./Qwen; worker-1 starts once it is healthy.
+    assert workers[1]["environment"]["QWEN_OMNI_AUTO_DOWNLOAD"] == "0"
+    assert workers[1]["depends_on"]["worker-0"]["condition"] == "service_healthy"
+    assert all("qwen:worker:" in " ".join(w["healthcheck"]["test"]) for w in workers)
+
+
+def test_scale_profile_redis_keeps_its_data_across_restarts(scale: dict) -> None:
+    redis = scale["redis"]
+    assert redis["command"] == ["redis-server", "--appendonly", "yes"]
+    assert [v["target"] for v in redis["volumes"]] == ["/data"] and redis["volumes"][0]["type"] == "volume"
