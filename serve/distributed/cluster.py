@@ -21,13 +21,13 @@ from .redis_store import redis_key
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_PREFIX = redis_key("worker", "")
+WORKER_NAMES = redis_key("workers")  # every worker that ever beat; those whose heartbeat expired are pruned
 RETRY_AFTER_SECONDS = 5
 _GIB = 1024**3
 
 
 def heartbeat_key(name: str) -> str:
-    return HEARTBEAT_PREFIX + name
+    return redis_key("worker", name)
 
 
 class Cluster:
@@ -36,9 +36,12 @@ class Cluster:
 
     def workers(self) -> list[dict[str, Any]]:
         """The live workers' last heartbeats, by name. Raises redis errors (the caller decides what they mean)."""
-        keys = sorted(self.redis.scan_iter(match=HEARTBEAT_PREFIX + "*", count=100))
-        beats = [json.loads(value) for value in (self.redis.mget(keys) if keys else []) if value]
-        return sorted(beats, key=lambda beat: beat["name"])
+        names = sorted(name.decode() for name in self.redis.smembers(WORKER_NAMES))
+        values = self.redis.mget([heartbeat_key(name) for name in names]) if names else []
+        gone = [name for name, value in zip(names, values, strict=True) if value is None]
+        if gone:
+            self.redis.srem(WORKER_NAMES, *gone)
+        return [json.loads(value) for value in values if value is not None]
 
     def rq_worker_alive(self, rq_name: str) -> bool:
         return any(beat.get("rq_worker") == rq_name for beat in self.workers())

@@ -32,7 +32,7 @@ from ..jobs import Job, JobControl
 from ..transcriber import TranscriptionParams, TranscriptionStopped
 from ..transcript import Piece, Transcript
 from .cluster import Cluster
-from .redis_store import patiently
+from .redis_store import PATIENCE_SECONDS, patiently
 from .worker import QUEUE, pieces_key, transcribe_task
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,13 @@ class TaskFailed(APIError):
 
     status = 500
     code = "worker_failed"
+
+
+class StoreLost(APIError):
+    """Redis stayed unreachable longer than a job waits for it."""
+
+    status = 503
+    code = "store_unavailable"
 
 
 @dataclass
@@ -129,13 +136,17 @@ class _Dispatch:
             pieces = [Piece(r["start"], r["end"], r["text"])
                       for r in (self.results[e["index"]] for e in self.order if not e["silent"])]
             return Transcript(pieces=tuple(pieces), duration=self.order[-1]["cut_end"] if self.order else 0.0)
-        except BaseException:
+        except BaseException as exc:
             for task in self.tasks:
                 self._cancel(task)
+            if isinstance(exc, redis.RedisError):
+                raise StoreLost(f"Redis was unreachable for more than {PATIENCE_SECONDS:.0f} s ({exc}); "
+                                "submit the file again") from exc
             raise
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
-            patiently(lambda: self.redis.delete(pieces_key(self.job.id)))
+            with contextlib.suppress(redis.RedisError):  # else the key goes when the job record expires
+                self.redis.delete(pieces_key(self.job.id))
 
     def _check_stop(self) -> None:
         if self.control.should_stop():

@@ -134,15 +134,19 @@ class RedisJobStore:
         return self.redis.zcard(redis_key("jobs"))
 
 
-def patiently(action: Callable[[], T], *, patience: float = 600.0, what: str = "Redis") -> T:
-    """Run ``action``, retrying while Redis is unreachable (a restart), for up to ``patience`` seconds."""
-    deadline = time.monotonic() + patience
+PATIENCE_SECONDS = 600.0  # how long a job waits for Redis before it fails
+
+
+def patiently(action: Callable[[], T], *, patience: float | None = PATIENCE_SECONDS, what: str = "Redis") -> T:
+    """Run ``action``, retrying while Redis is unreachable (a restart), for up to ``patience`` seconds
+    (None: until it is back)."""
+    deadline = None if patience is None else time.monotonic() + patience
     delay = 0.2
     while True:
         try:
             return action()
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            if time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 raise
             log.warning("%s unavailable (%s): retrying in %.1f s", what, exc, delay)
             time.sleep(delay)
@@ -150,12 +154,13 @@ def patiently(action: Callable[[], T], *, patience: float = 600.0, what: str = "
 
 
 class PatientStore:
-    """A JobStore that waits out Redis restarts in background work (the job runners, the janitor).
+    """A JobStore that waits out Redis restarts in background work (the job runners, the janitor): by
+    default until Redis is back, since a job record that cannot be written cannot be finished either.
 
     A request handler never waits: there the call fails at once, and the client gets 503 with Retry-After.
     """
 
-    def __init__(self, store: RedisJobStore, patience: float = 600.0) -> None:
+    def __init__(self, store: RedisJobStore, patience: float | None = None) -> None:
         self.store = store
         self.patience = patience
 

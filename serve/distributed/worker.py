@@ -30,14 +30,16 @@ from ..audio import Segment
 from ..config import Settings
 from ..model_manager import ModelManager, gpu_memory_bytes
 from ..transcriber import TranscriptionParams, segment_text, submit_segment
-from .cluster import heartbeat_key
+from .cluster import WORKER_NAMES, heartbeat_key
 from .redis_store import RedisJobStore, patiently, redis_key
 
 log = logging.getLogger(__name__)
 
 QUEUE = "qwen-segments"
 HEARTBEAT_SECONDS = 1.0
-HEARTBEAT_TTL = 5  # a worker silent this long is dead; its task goes to another worker
+# A worker silent this long is dead and its task goes to another worker. Generous against a busy GIL: a
+# late heartbeat only costs a segment transcribed twice.
+HEARTBEAT_TTL = 10
 RECONNECT_SECONDS = 1.0
 
 
@@ -66,7 +68,10 @@ class WorkerContext:
             "load_count": self.models.load_count, "unload_count": self.models.unload_count,
             **_gpu_memory(), "rq_worker": self.rq_name, "started": self.started, "seen": time.time(),
         }
-        self.redis.set(heartbeat_key(self.name), json.dumps(state), ex=HEARTBEAT_TTL)
+        pipe = self.redis.pipeline()
+        pipe.set(heartbeat_key(self.name), json.dumps(state), ex=HEARTBEAT_TTL)
+        pipe.sadd(WORKER_NAMES, self.name)
+        pipe.execute()
 
 
 _context: WorkerContext | None = None
@@ -134,9 +139,8 @@ def run(settings: Settings) -> None:
     from ..services import close_recognizer, engine_loader
 
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    # No socket timeout: RQ blocks on the queue for longer than redis-py's default of 5 s.
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=None,  # type: ignore[arg-type]
-                                  health_check_interval=10)
+    # RQ gives its own connection a socket timeout longer than its blocking wait on the queue.
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)  # type: ignore[arg-type]
     models = ModelManager(engine_loader(settings), unloader=close_recognizer, idle_timeout=settings.idle_timeout,
                           name="Qwen2.5-Omni thinker")
     context = _context = WorkerContext(name=name, models=models, redis=client,
