@@ -91,6 +91,15 @@ class Cluster:
         assert response.status_code == 202, response.text
         return response.json()["job_id"]
 
+    def submit_and_wait_for_a_segment(self, audio: Path, **fields: str) -> str:
+        """Submit ``audio`` and return once its first segment is transcribed (the job is under way)."""
+        job_id = self.submit(audio, **fields)
+        deadline = time.monotonic() + 60
+        while requests.get(f"{self.api.url}/status/{job_id}", timeout=10).json()["progress"]["segments_done"] < 1:
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.05)
+        return job_id
+
     def result(self, job_id: str) -> dict:
         response = requests.get(f"{self.api.url}/result/{job_id}", params={"format": "json"}, timeout=10)
         assert response.status_code == 200, response.text
@@ -197,11 +206,7 @@ def test_a_worker_killed_mid_segment_loses_and_duplicates_nothing(cluster: Clust
 
 def test_redis_restarting_mid_job_gives_503_then_the_job_completes(cluster: Cluster, reference: tuple) -> None:
     audio, expected = reference
-    job_id = cluster.submit(audio, **SLOW)
-    deadline = time.monotonic() + 60
-    while requests.get(f"{cluster.api.url}/status/{job_id}", timeout=10).json()["progress"]["segments_done"] < 1:
-        assert time.monotonic() < deadline, "the job did not start"
-        time.sleep(0.05)
+    job_id = cluster.submit_and_wait_for_a_segment(audio, **SLOW)
     cluster.redis.stop()
     try:
         status = requests.get(f"{cluster.api.url}/status/{job_id}", timeout=10)
@@ -220,12 +225,8 @@ def test_redis_restarting_mid_job_gives_503_then_the_job_completes(cluster: Clus
 
 def test_cancelling_a_job_withdraws_its_queued_segments(cluster: Cluster, reference: tuple) -> None:
     audio, _ = reference
-    job_id = cluster.submit(audio, **SLOW)
-    deadline = time.monotonic() + 60
-    while requests.get(f"{cluster.api.url}/status/{job_id}", timeout=10).json()["progress"]["segments_done"] < 1:
-        assert time.monotonic() < deadline, "the job did not start"
-        time.sleep(0.05)
-    assert requests.delete(f"{cluster.api.url}/jobs/{job_id}", timeout=10).status_code in (200, 202)
+    job_id = cluster.submit_and_wait_for_a_segment(audio, **SLOW)
+    assert requests.delete(f"{cluster.api.url}/jobs/{job_id}", timeout=10).status_code == 200
     assert cluster.wait(job_id, timeout=30)["status"] == "cancelled"
     client = cluster.redis.client()
     deadline = time.monotonic() + 10
