@@ -21,6 +21,9 @@ from tqdm import tqdm
 
 FORMATS = ("txt", "srt", "vtt", "json")
 QUEUE_FULL_RETRIES = 30
+# A poll that gets 503 with Retry-After (a server or its Redis restarting) or no connection tries again
+# for this long before the file counts as failed: its job is safe on the server meanwhile.
+OUTAGE_PATIENCE_SECONDS = 600
 
 
 @dataclass
@@ -57,15 +60,32 @@ class Client:
             return body["job_id"]
         raise RuntimeError("the server's queue stayed full")
 
+    def _get(self, path: str, **params: str) -> requests.Response:
+        """GET, riding out a temporary outage (503 with Retry-After, or refused connections)."""
+        deadline = time.monotonic() + OUTAGE_PATIENCE_SECONDS
+        while True:
+            try:
+                response = self.session.get(f"{self.url}{path}", params=params, timeout=self.timeout)
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+                continue
+            retry_after = response.headers.get("Retry-After", "")
+            if response.status_code == 503 and retry_after.isdigit() and time.monotonic() < deadline:
+                time.sleep(min(60, int(retry_after)))
+                continue
+            return response
+
     def status(self, job_id: str) -> dict:
-        response = self.session.get(f"{self.url}/status/{job_id}", timeout=self.timeout)
+        response = self._get(f"/status/{job_id}")
         body = _json(response)
         if response.status_code != 200:
             raise RuntimeError(body.get("error") or f"HTTP {response.status_code}")
         return body
 
     def result(self, job_id: str, fmt: str) -> bytes:
-        response = self.session.get(f"{self.url}/result/{job_id}", params={"format": fmt}, timeout=self.timeout)
+        response = self._get(f"/result/{job_id}", format=fmt)
         if response.status_code != 200:
             raise RuntimeError(_json(response).get("error") or f"HTTP {response.status_code}")
         return response.content
