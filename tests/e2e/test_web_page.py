@@ -131,3 +131,24 @@ def test_the_page_needs_no_key_to_load_but_the_api_does(server: Server) -> None:
     assert requests.get(f"{server.url}/jobs", timeout=5).status_code == 401
     page_source = (ROOT / "serve" / "web" / "static" / "index.html").read_text()
     assert "http://" not in page_source and "https://" not in page_source  # no external resources
+
+
+def test_a_server_outage_while_polling_is_waited_out(page, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The first status polls meet a 503 (as while a scale-out API's Redis restarts), then the real server."""
+    refused = []
+
+    def unavailable_twice(route) -> None:  # type: ignore[no-untyped-def]
+        if len(refused) < 2:
+            refused.append(route.request.url)
+            route.fulfill(status=503, headers={"Retry-After": "5"}, content_type="application/json",
+                          body='{"status": "error", "error": "the job store (Redis) is unavailable; retry shortly", '
+                               '"code": "store_unavailable"}')
+        else:
+            route.continue_()
+
+    page.route("**/status/*", unavailable_twice)
+    transcribe_through_the_page(page, audio_dir / "speech.wav")
+    page.wait_for_function("document.getElementById('state').textContent.startsWith('waiting for the server')",
+                           timeout=10000)
+    page.wait_for_function("document.getElementById('state').textContent.startsWith('done')", timeout=60000)
+    assert len(refused) == 2 and page.is_hidden("#error")

@@ -66,7 +66,18 @@ async function start() {
 }
 
 async function poll() {
-  const response = await api(`/status/${state.jobId}`);
+  // A restarting server (or its Redis) is a pause, not a failure: the job is safe; keep polling.
+  let response;
+  try {
+    response = await api(`/status/${state.jobId}`);
+  } catch (_) {
+    $("state").textContent = "reconnecting to the server…";
+    return;
+  }
+  if (response.status === 503) {
+    $("state").textContent = `waiting for the server (${await errorOf(response)})…`;
+    return;
+  }
   if (!response.ok) { clearInterval(state.timer); showError(await errorOf(response)); return; }
   const job = await response.json();
   const p = job.progress || {};
