@@ -71,7 +71,8 @@ class Settings(BaseSettings):
                                               "[also env REDIS_URL]")
     segments_dir: Path = Field(APP_DIR / "data" / "segments", description="segment audio handed from the API to "
                                                                            "the workers (a folder all roles share)")
-    segments_per_task: int = Field(1, ge=1, le=64, description="segments a worker takes at a time (one batch)")
+    segments_per_task: int = Field(0, ge=0, le=64, description="segments a worker takes at a time, generated as one "
+                                                               "batch; 0 = by file length and live workers (1-8)")
     worker_name: str | None = Field(None, description="this worker's name in /health (default: host-pid)")
 
     # Jobs and batching
@@ -98,7 +99,7 @@ class Settings(BaseSettings):
     server: Literal["werkzeug", "gunicorn"] = Field(
         "werkzeug", description="HTTP server: werkzeug (development) or gunicorn (production; the Docker image's)")
     threads: int | None = Field(None, ge=2, le=1024, description="gunicorn request threads (one process, one "
-                                                                 "model); default: queue depth + 32")
+                                                                 "model); default: queue depth + concurrent jobs + 32")
     graceful_timeout: float = Field(300.0, ge=0, description="seconds a shutdown waits for the running "
                                                               "transcription before stopping anyway")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
@@ -159,7 +160,8 @@ class Settings(BaseSettings):
     @property
     def request_threads(self) -> int:
         """Enough threads for every waiting synchronous client plus room for /health and status polls."""
-        return self.threads or self.queue_depth + 32
+        # A synchronous client holds a thread while its job waits and while it runs.
+        return self.threads or self.queue_depth + self.job_concurrency + 32
 
     @property
     def api_keys(self) -> list[str]:

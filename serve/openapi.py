@@ -50,6 +50,8 @@ class Worker(BaseModel):
     name: str
     host: str | None
     device: str | None = Field(description='"cpu" or "cuda:<index> <GPU name>"')
+    checkpoint: str | None
+    idle_timeout: float | None
     model_loaded: bool
     model_state: Literal["unloaded", "loading", "loaded"] | None
     model_error: str | None
@@ -204,7 +206,8 @@ _ERRORS = {
     "Unsupported": (415, "the file cannot be decoded as audio"),
     "RateLimited": (429, "over the rate limit"),
     "ServerError": (500, "an unexpected failure (details only in the server log)"),
-    "Unavailable": (503, "the model cannot be loaded, the queue is full, or the server is stopping"),
+    "Unavailable": (503, "the model cannot be loaded, the queue is full, the server is stopping, or (scale-out) "
+                         "Redis is unreachable or no worker is alive"),
 }
 
 

@@ -27,7 +27,7 @@ from .transcriber import Transcriber, TranscriptionParams
 from .transcript import Transcript
 from .uploads import Upload
 
-if TYPE_CHECKING:  # the scale-out classes, imported only in that mode (they need Redis and RQ)
+if TYPE_CHECKING:  # the scale-out classes: services.py builds them only in that mode
     from redis import Redis
 
     from .distributed.cluster import Cluster, ClusterModels
@@ -139,6 +139,8 @@ class Services:
         job = Job(id=new_job_id(), kind=kind, input_path=upload.path, filename=upload.filename,
                   params=asdict(params), output_format=output_format, audio_duration=audio_duration)
         try:
+            if self.cluster is not None:
+                self.cluster.require_workers()  # no worker at all: say so now, as a failed model load would
             return self.jobs.submit(job)
         except Exception:
             upload.path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from flask import Flask
 
-from ..errors import error_response
+from ..errors import APIError, error_response
 from ..model_manager import ModelState
 from .redis_store import redis_key
 
@@ -23,11 +23,18 @@ log = logging.getLogger(__name__)
 
 WORKER_NAMES = redis_key("workers")  # every worker that ever beat; those whose heartbeat expired are pruned
 RETRY_AFTER_SECONDS = 5
+NO_WORKERS_RETRY_AFTER_SECONDS = 30
+NO_WORKERS = "no live workers: start one with --role worker"
 _GIB = 1024**3
 
 
 def heartbeat_key(name: str) -> str:
     return redis_key("worker", name)
+
+
+class NoWorkers(APIError):
+    status = 503
+    code = "no_workers"
 
 
 class Cluster:
@@ -43,31 +50,28 @@ class Cluster:
             self.redis.srem(WORKER_NAMES, *gone)
         return [json.loads(value) for value in values if value is not None]
 
-    def rq_worker_alive(self, rq_name: str) -> bool:
-        return any(beat.get("rq_worker") == rq_name for beat in self.workers())
+    def rq_workers(self) -> set[str]:
+        """The RQ names under which the live workers take tasks now."""
+        return {beat["rq_worker"] for beat in self.workers() if beat.get("rq_worker")}
 
-    def ping(self) -> str | None:
-        """None when Redis answers, else why not."""
-        try:
-            self.redis.ping()
-            return None
-        except redis.RedisError as exc:
-            return f"{type(exc).__name__}: {exc}"
+    def require_workers(self) -> None:
+        """Raise :class:`NoWorkers` (503) when no worker is alive to take a job's segments."""
+        if not self.workers():
+            raise NoWorkers(f"{NO_WORKERS}; retry when one is up",
+                            headers={"Retry-After": str(NO_WORKERS_RETRY_AFTER_SECONDS)})
 
 
 def describe(beat: dict[str, Any]) -> dict[str, Any]:
     """A worker as /health shows it."""
     return {
         "name": beat["name"], "host": beat.get("host"), "device": beat.get("device"),
+        "checkpoint": beat.get("checkpoint"), "idle_timeout": beat.get("idle_timeout"),
         "model_loaded": beat.get("model_loaded", False), "model_state": beat.get("model_state"),
         "model_error": beat.get("model_error"), "current_task": beat.get("current_task"),
         "gpu_memory_allocated_gb": round(beat.get("gpu_memory_allocated_bytes", 0.0) / _GIB, 2),
         "gpu_memory_reserved_gb": round(beat.get("gpu_memory_reserved_bytes", 0.0) / _GIB, 2),
         "last_seen": datetime.fromtimestamp(beat["seen"], UTC).isoformat() if beat.get("seen") else None,
     }
-
-
-NO_WORKERS = "no live workers: start one with --role worker"
 
 
 def _state(beats: list[dict[str, Any]]) -> ModelState:

@@ -22,22 +22,27 @@ from typing import Any
 import numpy as np
 import redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as Task
 from rq.job import JobStatus as TaskStatus
 
 from ..audio import Segment, decode_segments
-from ..errors import APIError
-from ..jobs import Job, JobControl
+from ..errors import APIError, JobFailed
+from ..jobs import Job, JobControl, JobFailure
 from ..transcriber import TranscriptionParams, TranscriptionStopped
 from ..transcript import Piece, Transcript
 from .cluster import Cluster
 from .redis_store import PATIENCE_SECONDS, patiently
-from .worker import QUEUE, pieces_key, transcribe_task
+from .worker import FAILURE_META, QUEUE, pieces_key, transcribe_task
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.2  # how often a job reads its finished segments
+CHECK_SECONDS = 1.0  # how often it looks for lost, failed and orphaned tasks
+# Auto task size: batches for the workers' GPUs, yet enough tasks per worker that one file spreads evenly.
+MAX_AUTO_SEGMENTS_PER_TASK = 8
+TASKS_PER_WORKER = 4
+QUEUED_TTL = 86400  # a task nobody takes in a day leaves Redis (the job re-queues it if it still waits)
 MAX_FAILURES = 3  # a task that raises this often (a dead worker does not count) fails its job
 TASK_TIMEOUT = 3600  # seconds a worker may spend on one task before RQ stops it
 
@@ -106,6 +111,13 @@ class _Dispatch:
         self.reported = 0  # segments reported to the job's progress, in order
         self.expected = (math.ceil(job.audio_duration / self.params.segment_duration)
                          if job.audio_duration else None)
+        self.per_task = owner.segments_per_task or self._auto_task_size()
+
+    def _auto_task_size(self) -> int:
+        if not self.expected:
+            return 1
+        workers = max(1, len(patiently(self.owner.cluster.workers)))
+        return max(1, min(MAX_AUTO_SEGMENTS_PER_TASK, math.ceil(self.expected / (workers * TASKS_PER_WORKER))))
 
     def run(self) -> Transcript:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -121,24 +133,31 @@ class _Dispatch:
                     entry["file"] = f"{self.job.id}/{segment.index}.npy"
                     np.save(self.owner.segments_dir / entry["file"], segment.samples)
                     pending.append(entry)
-                if len(pending) >= self.owner.segments_per_task:
+                if len(pending) >= self.per_task:
                     self._enqueue(_Task(self.job.id, len(self.tasks), pending))
                     pending = []
                 self._collect()
             if pending:
                 self._enqueue(_Task(self.job.id, len(self.tasks), pending))
+            last_check = time.monotonic()
             while self._outstanding():
                 time.sleep(POLL_SECONDS)
                 self._check_stop()
                 self._collect()
-                for task in self._outstanding():
-                    self._check(task)
+                if time.monotonic() - last_check >= CHECK_SECONDS:
+                    last_check = time.monotonic()
+                    live = patiently(self.owner.cluster.rq_workers)
+                    for task in self._outstanding():
+                        self._check(task, live)
             pieces = [Piece(r["start"], r["end"], r["text"])
                       for r in (self.results[e["index"]] for e in self.order if not e["silent"])]
+            for task in self.tasks:
+                if task.attempt > 1:
+                    self._withdraw(task)  # a repeat that is still queued is no longer needed
             return Transcript(pieces=tuple(pieces), duration=self.order[-1]["cut_end"] if self.order else 0.0)
         except BaseException as exc:
             for task in self.tasks:
-                self._cancel(task)
+                self._withdraw(task)
             if isinstance(exc, redis.RedisError):
                 raise StoreLost(f"Redis was unreachable for more than {PATIENCE_SECONDS:.0f} s ({exc}); "
                                 "submit the file again") from exc
@@ -162,17 +181,23 @@ class _Dispatch:
         # A retried task goes to the front: its job is waiting for it, and the job's other segments are done.
         patiently(lambda: self.owner.queue.enqueue(
             transcribe_task, self.job.id, task.segments, asdict(self.params), job_id=task.rq_id,
-            job_timeout=TASK_TIMEOUT, result_ttl=300, failure_ttl=3600, at_front=task.attempt > 1,
+            job_timeout=TASK_TIMEOUT, ttl=QUEUED_TTL, result_ttl=300, failure_ttl=3600, at_front=task.attempt > 1,
             description=f"job {self.job.id} segments {task.segments[0]['index']}-{task.segments[-1]['index']}"))
 
-    def _cancel(self, task: _Task) -> None:
-        with contextlib.suppress(NoSuchJobError, redis.RedisError):  # best effort: the job is over anyway
-            Task.fetch(task.rq_id, connection=self.redis).cancel()
+    def _withdraw(self, task: _Task) -> None:
+        """Take every attempt of ``task`` that no worker has started off the queue, and out of Redis."""
+        for attempt in range(1, task.attempt + 1):
+            with contextlib.suppress(NoSuchJobError, InvalidJobOperation, redis.RedisError):  # best effort
+                rq_task = Task.fetch(f"{task.job_id}-{task.number}-{attempt}", connection=self.redis)
+                if rq_task.get_status() in (TaskStatus.QUEUED, TaskStatus.DEFERRED, TaskStatus.SCHEDULED):
+                    rq_task.delete(remove_from_queue=True)
 
     def _collect(self) -> None:
-        """Read the finished segments and report, in file order, every one up to the first still missing."""
-        done = patiently(lambda: self.redis.hgetall(pieces_key(self.job.id)))
-        self.results = {int(k): json.loads(v) for k, v in done.items()}
+        """Read the newly finished segments and report, in file order, every one up to the first still missing."""
+        missing = [e["index"] for e in self.order if not e["silent"] and e["index"] not in self.results]
+        if missing:
+            texts = patiently(lambda: self.redis.hmget(pieces_key(self.job.id), [str(i) for i in missing]))
+            self.results.update({i: json.loads(v) for i, v in zip(missing, texts, strict=True) if v is not None})
         while self.reported < len(self.order):
             entry = self.order[self.reported]
             piece = None
@@ -185,31 +210,41 @@ class _Dispatch:
             total = max(self.expected, self.reported) if self.expected else None
             self.control.report(self.reported, total, entry["cut_end"], piece)
 
-    def _check(self, task: _Task) -> None:
+    def _check(self, task: _Task, live_rq_workers: set[str]) -> None:
         """Queue ``task`` again if Redis lost it, it failed, or its worker stopped heart-beating."""
         try:
             rq_task = patiently(lambda: Task.fetch(task.rq_id, connection=self.redis))
             status = patiently(rq_task.get_status)
-        except NoSuchJobError:
+        except (NoSuchJobError, InvalidJobOperation):
             log.warning("task %s was lost (Redis restarted?): queuing it again", task.rq_id)
             self._enqueue(task)
             return
         if status == TaskStatus.FAILED:
-            result = patiently(rq_task.latest_result)
-            reason = (result.exc_string or "").strip().splitlines()[-1:] if result else []
-            reason_text = reason[0] if reason else "unknown error"
-            task.failures += 1
-            if task.failures >= MAX_FAILURES:
-                raise TaskFailed(f"a worker failed on segments {task.segments[0]['index']}-"
-                                 f"{task.segments[-1]['index']} {task.failures} times: {reason_text}")
-            log.warning("task %s failed (%s): queuing it again", task.rq_id, reason_text)
-            self._enqueue(task)
+            self._failed(task, rq_task)
         elif status == TaskStatus.STARTED:
             owners = self._owners(rq_task)
-            if owners and not any(self.owner.cluster.rq_worker_alive(name) for name in owners):
+            if owners and not live_rq_workers.intersection(owners):
                 log.warning("worker %s stopped heart-beating during task %s: queuing it again", owners[0],
                             task.rq_id)
                 self._enqueue(task)
+
+    def _failed(self, task: _Task, rq_task: Task) -> None:
+        """A task raised on its worker: try it again (another worker may do better), at most MAX_FAILURES times."""
+        result = patiently(rq_task.latest_result)
+        lines = (result.exc_string or "").strip().splitlines() if result else []
+        reason = lines[-1] if lines else "unknown error"
+        if "AbandonedJobError" in reason:  # RQ's word for a worker that died: not the task's fault
+            log.warning("task %s was abandoned by its worker: queuing it again", task.rq_id)
+            self._enqueue(task)
+            return
+        task.failures += 1
+        if task.failures >= MAX_FAILURES:
+            failure = rq_task.meta.get(FAILURE_META)
+            if failure:  # the worker's own account, with the code and status the single process would give
+                raise JobFailed(JobFailure(**failure))
+            raise TaskFailed(f"transcription failed on the workers {task.failures} times; see their logs")
+        log.warning("task %s failed (%s): queuing it again", task.rq_id, reason)
+        self._enqueue(task)
 
     @staticmethod
     def _owners(rq_task: Task) -> list[str]:

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from rq import Queue, SimpleWorker, get_current_job
 
 from ..audio import Segment
 from ..config import Settings
+from ..errors import failure_of
 from ..model_manager import ModelManager, gpu_memory_bytes
 from ..transcriber import TranscriptionParams, segment_text, submit_segment
 from .cluster import WORKER_NAMES, heartbeat_key
@@ -43,6 +44,9 @@ HEARTBEAT_TTL = 10
 RECONNECT_SECONDS = 1.0
 
 
+FAILURE_META = "failure"  # a failed task's JobFailure, in its RQ meta
+
+
 def pieces_key(job_id: str) -> str:
     return redis_key("job", job_id, "pieces")
 
@@ -56,6 +60,8 @@ class WorkerContext:
     redis: redis.Redis
     segments_dir: Path
     device: str = "cpu"
+    checkpoint: str = ""
+    idle_timeout: float = 0.0
     rq_name: str = ""  # the RQ worker's current name: a new one after each reconnection
     current_task: str | None = None
     started: float = field(default_factory=time.time)
@@ -63,6 +69,7 @@ class WorkerContext:
     def heartbeat(self) -> None:
         state = {
             "name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
+            "checkpoint": self.checkpoint, "idle_timeout": self.idle_timeout,
             "model_loaded": self.models.loaded, "model_state": self.models.state.value,
             "model_error": self.models.last_error, "current_task": self.current_task,
             "load_count": self.models.load_count, "unload_count": self.models.unload_count,
@@ -103,6 +110,14 @@ def transcribe_task(job_id: str, segments: list[dict[str, Any]], params: dict[st
                                    ensure_ascii=False)
                 patiently(lambda index=segment.index, value=piece:
                           context.redis.hset(pieces_key(job_id), str(index), value))
+    except Exception as exc:
+        # What the job's client is told, as the single process would say it (code, HTTP status, message);
+        # the traceback stays in this worker's log.
+        if task is not None:
+            task.meta[FAILURE_META] = asdict(failure_of(exc))
+            with contextlib.suppress(redis.RedisError):
+                task.save_meta()
+        raise
     finally:
         context.current_task = None
     log.info("job %s: segments %d-%d (%.1f s of audio) in %.2f s", job_id, segments[0]["index"],
@@ -133,6 +148,29 @@ def _beat(context: WorkerContext, stop: threading.Event) -> None:
         stop.wait(HEARTBEAT_SECONDS)
 
 
+class _RqWorker(SimpleWorker):
+    """RQ's SimpleWorker, remembering whether its loop ended because it was told to stop (SIGTERM/SIGINT)."""
+
+    warm_stop = False
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        self.warm_stop = True
+        super().request_stop(signum, frame)
+
+
+def _claim(client: redis.Redis, name: str) -> None:
+    """Refuse to start beside a live worker of the same name (their tasks would look orphaned)."""
+    deadline = time.monotonic() + HEARTBEAT_TTL + 1  # a dead namesake's heartbeat expires meanwhile
+    while (beat := client.get(heartbeat_key(name))) is not None:
+        other = json.loads(beat)
+        if other.get("host") == socket.gethostname() and other.get("pid") == os.getpid():
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"another worker named {name!r} is alive (host {other.get('host')}, pid "
+                             f"{other.get('pid')}): give each worker its own --worker-name")
+        time.sleep(1.0)
+
+
 def run(settings: Settings) -> None:
     """Serve tasks until SIGTERM/SIGINT (a warm stop: the task in hand finishes first)."""
     global _context
@@ -143,8 +181,10 @@ def run(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)  # type: ignore[arg-type]
     models = ModelManager(engine_loader(settings), unloader=close_recognizer, idle_timeout=settings.idle_timeout,
                           name="Qwen2.5-Omni thinker")
+    patiently(lambda: _claim(client, name))
     context = _context = WorkerContext(name=name, models=models, redis=client,
-                                       segments_dir=Path(settings.segments_dir), device=_device_name(settings))
+                                       segments_dir=Path(settings.segments_dir), device=_device_name(settings),
+                                       checkpoint=settings.checkpoint_path, idle_timeout=settings.idle_timeout)
     stop = threading.Event()
     threading.Thread(target=_beat, args=(context, stop), name="heartbeat", daemon=True).start()
     if settings.preload:
@@ -156,16 +196,19 @@ def run(settings: Settings) -> None:
             # (RQ keeps a dead one registered for a while); the API must see the new one before any task
             # runs under it, or it would take that task's worker for dead.
             context.rq_name = f"{name}.{uuid.uuid4().hex[:8]}"
+            worker = _RqWorker([Queue(QUEUE, connection=client)], connection=client, name=context.rq_name,
+                               worker_ttl=30)
             try:
                 context.heartbeat()
-                worker = SimpleWorker([Queue(QUEUE, connection=client)], connection=client, name=context.rq_name,
-                                      worker_ttl=30)
                 # RQ logs four lines a task at INFO; the task logs one of its own.
                 worker.work(logging_level="DEBUG" if settings.log_level == "DEBUG" else "WARNING")
-                break  # a warm stop
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 log.warning("lost Redis (%s): reconnecting", exc)
-                time.sleep(RECONNECT_SECONDS)
+            if worker.warm_stop:
+                break
+            # RQ's loop also ends, without raising, on a Redis error it caught itself: go on.
+            log.warning("the RQ worker loop ended without a stop request: starting again")
+            time.sleep(RECONNECT_SECONDS)
     finally:
         stop.set()
         models.close()

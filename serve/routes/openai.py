@@ -130,7 +130,9 @@ def _stream(job: Job) -> Response:
     transcript cut into pieces).
     """
     jobs = services().jobs
-    store = services().store
+    # The queue's own store: an accepted stream waits out a job-store outage (a scale-out API's Redis
+    # restarting) like the job itself, instead of breaking off.
+    store = jobs.store
     environ = request.environ
 
     def events() -> Iterator[str]:

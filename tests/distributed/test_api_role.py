@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import redis
 from local_redis import RedisServer
 
 from serve.distributed import worker
-from serve.distributed.cluster import NO_WORKERS
+from serve.distributed.cluster import NO_WORKERS, heartbeat_key
 from serve.distributed.worker import WorkerContext
 from serve.model_manager import ModelManager
 from tests.conftest import folder_is_empty, form_upload
@@ -67,3 +68,24 @@ def test_redis_down_answers_503_loses_no_upload_and_recovers(make_app, audio_dir
         server.start()
     assert client.get("/health").get_json()["status"] == "ok"  # no restart needed
     assert client.get("/jobs").status_code == 200
+
+
+def test_with_no_live_worker_a_request_is_refused_at_once_and_its_upload_removed(  # type: ignore[no-untyped-def]
+        make_app, redis_url: str, audio_dir: Path, tmp_path: Path) -> None:
+    client = make_app(role="api", redis_url=redis_url, segments_dir=tmp_path / "segments").test_client()
+    for path in ("/transcribe/json", "/transcribe/async"):
+        response = client.post(path, data=form_upload(audio_dir / "speech.wav"))
+        assert response.status_code == 503 and response.headers["Retry-After"] == "30", path
+        assert response.get_json()["code"] == "no_workers"
+    assert folder_is_empty(tmp_path / "inputs")
+    assert client.get("/jobs").get_json()["jobs"] == []  # nothing queued for nobody
+
+
+def test_a_worker_refuses_to_start_beside_a_live_namesake(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = redis.Redis.from_url(redis_url)
+    monkeypatch.setattr(worker, "HEARTBEAT_TTL", 0)  # do not wait for the namesake's heartbeat to expire
+    client.set(heartbeat_key("gpu-a"), json.dumps({"name": "gpu-a", "host": "elsewhere", "pid": 1}), ex=60)
+    with pytest.raises(SystemExit, match=r"another worker named 'gpu-a' is alive.*own --worker-name"):
+        worker._claim(client, "gpu-a")
+    client.delete(heartbeat_key("gpu-a"))  # a namesake whose heartbeat expired: the name is free again
+    worker._claim(client, "gpu-a")
