@@ -170,6 +170,7 @@ class JobQueue:
         self._cancel: set[str] = set()
         self._cond = threading.Condition()
         self._running: list[str] = []
+        self._reserved = 0  # places taken by submits still writing their record
         self._stopping = False
         self._average_seconds = 30.0  # a guess until jobs have run; used for Retry-After
         self.concurrency = concurrency
@@ -256,13 +257,27 @@ class JobQueue:
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down; retry in a minute")
-            if len(self._pending) >= self.max_queued:
+            if len(self._pending) + self._reserved >= self.max_queued:
                 raise QueueFull(len(self._pending), self.retry_after())
+            self._reserved += 1  # a place in the queue, held while the record is written
+        try:
+            # Outside the lock: a slow store (Redis restarting) must not stall status polls and other submits.
             self.store.add(job)
-            self._tickets[job.id] = _Ticket()
-            self._pending.append(job.id)
-            self._cond.notify()
-        return job
+        except BaseException:
+            with self._cond:
+                self._reserved -= 1
+            raise
+        with self._cond:
+            self._reserved -= 1
+            if not self._stopping:
+                self._tickets[job.id] = _Ticket()
+                self._pending.append(job.id)
+                self._cond.notify()
+                return job
+        if job.kind is JobKind.ASYNC:
+            return job  # stays queued in the store; the next start queues it again
+        self._finish(replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(), failure=INTERRUPTED))
+        raise ShuttingDown("the server is shutting down; retry in a minute")
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
         """Block until the job has finished; return its final record (None on timeout)."""
@@ -277,21 +292,30 @@ class JobQueue:
 
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job | None:
         """Cancel a queued job at once, or a running one at its next segment. Returns the job's record."""
-        with self._cond:
-            job = self.store.get(job_id)
-            if job is None or job.finished:
-                return job
-            if job_id in self._pending:
-                self._pending.remove(job_id)
-                ticket = self._tickets.pop(job_id, None)
-                job = self._finish(replace(job, status=JobStatus.CANCELLED, stage="done", completed_at=now(),
-                                           failure=JobFailure(reason, "cancelled", 409)))
-                if ticket is not None:
-                    ticket.job = job
-                    ticket.done.set()
-                return job
-            self._cancel.add(job_id)
+        job = self.store.get(job_id)  # outside the lock, like every store call
+        if job is None or job.finished:
             return job
+        with self._cond:
+            if job_id not in self._pending:
+                self._cancel.add(job_id)
+                return job
+            position = self._pending.index(job_id)
+            del self._pending[position]
+            ticket = self._tickets.pop(job_id, None)
+        try:
+            job = self._finish(replace(job, status=JobStatus.CANCELLED, stage="done", completed_at=now(),
+                                       failure=JobFailure(reason, "cancelled", 409)))
+        except BaseException:
+            with self._cond:  # the record still says queued: keep the job queued rather than lose it
+                self._pending.insert(min(position, len(self._pending)), job_id)
+                if ticket is not None:
+                    self._tickets[job_id] = ticket
+                self._cond.notify()
+            raise
+        if ticket is not None:
+            ticket.job = job
+            ticket.done.set()
+        return job
 
     def cancel_requested(self, job_id: str) -> bool:
         return job_id in self._cancel

@@ -167,6 +167,70 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_between_segments(store: J
     queue.stop()
 
 
+class SlowThenFailingStore:
+    """Test double around a real store: one ``add`` can be held (a slow Redis), one ``update`` can fail (Redis
+    gone)."""
+
+    def __init__(self, inner: JobStore) -> None:
+        self.inner = inner
+        self.hold_next_add = False
+        self.release = threading.Event()
+        self.add_entered = threading.Event()
+        self.fail_next_update = False
+
+    def add(self, j: Job) -> None:
+        if self.hold_next_add:
+            self.hold_next_add = False
+            self.add_entered.set()
+            self.release.wait(5)
+        self.inner.add(j)
+
+    def update(self, j: Job) -> None:
+        if self.fail_next_update:
+            self.fail_next_update = False
+            raise ConnectionError("store unreachable")
+        self.inner.update(j)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+def test_a_slow_store_stalls_nobody_and_a_failed_cancel_keeps_the_job_queued(store: JobStore,
+                                                                           tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    def runner(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
+        gate.wait(5)
+        return {}, None
+
+    slow = SlowThenFailingStore(store)
+    queue = JobQueue(slow, runner, failure_of, max_queued=2)
+    queue.start()
+    running = queue.submit(job(tmp_path))
+    while queue.running_job != running.id:
+        time.sleep(0.01)
+    slow.hold_next_add = True
+    held = threading.Thread(target=queue.submit, args=(job(tmp_path),))
+    held.start()
+    assert slow.add_entered.wait(5)
+    # While that record is being written, the queue answers others and counts the held place as taken.
+    waiting = queue.submit(job(tmp_path))
+    with pytest.raises(QueueFull):
+        queue.submit(job(tmp_path))
+    assert queue.depth == 1
+    slow.release.set()
+    held.join(5)
+    assert queue.depth == 2
+
+    slow.fail_next_update = True
+    with pytest.raises(ConnectionError):
+        queue.cancel(waiting.id)
+    assert queue.depth == 2 and store.get(waiting.id).stage == "queued"  # still queued, not lost
+    assert queue.cancel(waiting.id).status is JobStatus.CANCELLED and queue.depth == 1
+    gate.set()
+    queue.stop()
+
+
 def test_restart_requeues_waiting_async_jobs_and_marks_interrupted_ones(open_store: Callable[[], JobStore],
                                                                         tmp_path: Path) -> None:
     gate = threading.Event()
