@@ -66,7 +66,7 @@ class Client:
         while True:
             try:
                 response = self.session.get(f"{self.url}{path}", params=params, timeout=self.timeout)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(2)

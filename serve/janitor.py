@@ -51,7 +51,7 @@ class Janitor:
         """One sweep; returns how many jobs and files it removed."""
         now = time.time() if now is None else now
         expired = self.store.finished_before(datetime.fromtimestamp(now) - self.job_retention)
-        self.store.delete(j.id for j in expired)
+        self.store.delete([j.id for j in expired])  # a list: a store that retries may read it twice
         unfinished = self.store.unfinished()
         in_use = {j.input_path.resolve() for j in unfinished}
         removed = {
