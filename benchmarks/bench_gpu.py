@@ -4,7 +4,8 @@
 Builds the 7B thinker from its published configuration, in bf16 and AWQ-packed 4-bit (random packed
 weights), writes each as a local sharded checkpoint, loads it through the production loader, and reports:
 load time, the VRAM split (weights / activations / KV cache) and peak VRAM at 30, 60 and 120 s segments,
-prefill and decode tokens/s, and the real-time factor at batch 1, 4, 8, 16. Random weights stop at random
+prefill and decode tokens/s, and the real-time factor at batch 1, 4, 8, 16; AWQ also in low-VRAM mode
+(--low-vram), with its memory and speed as ratios against the normal mode. Random weights stop at random
 points, so the generated length is forced to a realistic transcript: about 4 tokens per second of speech.
 
     python benchmarks/bench_gpu.py --json gpu.json                 # on a CUDA machine (needs ~25 GB of disk)
@@ -127,13 +128,13 @@ def kv_cache_bytes(engine: QwenOmniEngine, tokens: int, batch: int) -> int:
 
 
 def measure(checkpoint: Path, device: str, segment_seconds: list[float], batches: list[int],
-            rtf_segment: float) -> dict:
+            rtf_segment: float, low_vram: bool = False) -> dict:
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    engine = QwenOmniEngine.load(checkpoint, device=device)
+    engine = QwenOmniEngine.load(checkpoint, device=device, low_vram=low_vram)
     result: dict = {"load_s": round(time.monotonic() - started, 2)}
     weights = torch.cuda.memory_allocated() if cuda else 0
     result["weights_gb"] = round(weights / GIB, 2)
@@ -171,6 +172,20 @@ def measure(checkpoint: Path, device: str, segment_seconds: list[float], batches
     return result
 
 
+def low_vram_cost(normal: dict, low: dict) -> dict:
+    """What --low-vram saves and costs, as ratios against the normal mode measured in the same run."""
+    cost: dict = {"weights_ratio": round(low["weights_gb"] / normal["weights_gb"], 3) if normal["weights_gb"] else None}
+    for key in normal:
+        if key.startswith("segment_"):
+            if "peak_gb" in normal[key]:
+                cost[f"{key}_peak_ratio"] = round(low[key]["peak_gb"] / normal[key]["peak_gb"], 3)
+            cost[f"{key}_prefill_speed_ratio"] = round(low[key]["prefill_tok_s"] / normal[key]["prefill_tok_s"], 3)
+            cost[f"{key}_decode_speed_ratio"] = round(low[key]["decode_tok_s"] / normal[key]["decode_tok_s"], 3)
+        elif key.startswith("rtf_batch"):
+            cost[f"{key}_ratio"] = round(low[key] / normal[key], 3)
+    return cost
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -199,9 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                                              "version": "gemm", "zero_point": True}
         awq = write(work / "awq", awq_config, random_awq(state), ids)
         del state
-        for name, checkpoint in (("awq", awq), ("bf16", bf16)):
-            report[name] = measure(checkpoint, args.device, args.segments, args.batches, args.rtf_segment)
+        for name, checkpoint, low_vram in (("awq", awq, False), ("awq_low_vram", awq, True), ("bf16", bf16, False)):
+            report[name] = measure(checkpoint, args.device, args.segments, args.batches, args.rtf_segment,
+                                   low_vram=low_vram)
             print(name, json.dumps(report[name]), file=sys.stderr, flush=True)
+        report["low_vram_vs_normal"] = low_vram_cost(report["awq"], report["awq_low_vram"])
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

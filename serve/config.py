@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     local_model: bool = Field(False, description="resolve the checkpoint under the local models folder, never "
                                                  "touch the network")
     flash_attn2: bool = Field(False, description="use FlashAttention 2 when installed (else SDPA)")
+    low_vram: bool = Field(False, description="for 8 GB cards: keep the audio encoder and the token embeddings in "
+                                              "CPU memory (the encoder visits the GPU for each prefill)")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cuda', 'cuda:N' or 'cpu'")
     idle_timeout: float = Field(300.0, description="seconds idle before the model is unloaded; 0 = right after "
                                                    "each request, negative = never")
@@ -180,7 +182,7 @@ class Settings(BaseSettings):
         return str(value).upper()
 
 
-_BOOL_FLAGS = ("local_model", "flash_attn2", "preload")
+_BOOL_FLAGS = ("local_model", "flash_attn2", "low_vram", "preload")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ from transformers import (
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from . import awq
+from . import low_vram as low_vram_mode
 from .audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,12 @@ class AudioOnlyThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         super().__init__(config)
         self.model.visual = None
 
+    @property
+    def device(self) -> torch.device:
+        # Where generation runs. The parent class reports its first parameter's device, the audio encoder's,
+        # which low-VRAM mode keeps off the GPU.
+        return self.lm_head.weight.device
+
     @classmethod
     def register_weight_names(cls) -> None:
         """Load published checkpoints with the parent class's key renames (they are looked up by class name)."""
@@ -163,13 +170,17 @@ class QwenOmniEngine:
     """Transcribes 16 kHz mono audio with the Qwen2.5-Omni thinker. One instance owns the model."""
 
     def __init__(self, model: Any, tokenizer: Any, feature_extractor: WhisperFeatureExtractor,
-                 chat_template: str, *, checkpoint: Path, quantized: bool, load_seconds: float) -> None:
+                 chat_template: str, *, checkpoint: Path, quantized: bool, load_seconds: float,
+                 low_vram: bool = False) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.checkpoint = checkpoint
         self.quantized = quantized
         self.load_seconds = load_seconds
+        self.low_vram = low_vram
+        # Held for each generate call: one request at a time uses the model (and, in low-VRAM mode, the
+        # modules whose weights move between CPU and GPU).
         self._lock = threading.Lock()
         ids = tokenizer.convert_tokens_to_ids([AUDIO_TOKEN, END_OF_TURN_TOKEN, END_OF_TEXT_TOKEN])
         if None in ids or tokenizer.unk_token_id in ids:
@@ -188,8 +199,12 @@ class QwenOmniEngine:
         self._prompt = self.prompt_for(DEFAULT_INSTRUCTION)  # also checks the template once, at load
 
     @classmethod
-    def load(cls, checkpoint: Path, *, device: str = "auto", flash_attn2: bool = False) -> QwenOmniEngine:
-        """Load the thinker of a full Qwen2.5-Omni checkpoint (or a thinker-only one) from a local folder."""
+    def load(cls, checkpoint: Path, *, device: str = "auto", flash_attn2: bool = False,
+             low_vram: bool = False) -> QwenOmniEngine:
+        """Load the thinker of a full Qwen2.5-Omni checkpoint (or a thinker-only one) from a local folder.
+
+        ``low_vram``: keep the audio encoder and token embeddings in CPU memory (:mod:`serve.low_vram`).
+        """
         started = time.monotonic()
         checkpoint = Path(checkpoint)
         torch_device = pick_device(device)
@@ -218,7 +233,7 @@ class QwenOmniEngine:
                 checkpoint,
                 config=thinker_config,
                 dtype=dtype,
-                device_map={"": torch_device},
+                device_map=low_vram_mode.device_map(torch_device) if low_vram else {"": torch_device},
                 attn_implementation=attention,
                 local_files_only=True,
                 output_loading_info=True,
@@ -233,14 +248,22 @@ class QwenOmniEngine:
         missing = sorted(info.get("missing_keys", ()))
         if missing:
             raise EngineLoadError(f"the checkpoint lacks {len(missing)} thinker weights, e.g. {missing[:3]}")
+        if low_vram:
+            if torch_device.type == "cpu":
+                log.warning("--low-vram has no effect on the CPU: the model is in CPU memory already")
+            try:
+                low_vram_mode.finish(model, torch_device)
+            except ValueError as exc:
+                raise EngineLoadError(f"low-VRAM mode: {exc}") from exc
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
         feature_extractor = WhisperFeatureExtractor.from_pretrained(checkpoint, local_files_only=True)
         engine = cls(model, tokenizer, feature_extractor, _load_chat_template(checkpoint, tokenizer),
                      checkpoint=checkpoint, quantized=bool(quantization),
-                     load_seconds=time.monotonic() - started)
-        log.info("loaded %s (%s, %s, %s attention%s) in %.1f s", checkpoint, torch_device, str(dtype).split(".")[-1],
-                 attention, ", AWQ 4-bit decoder" if quantization else "", engine.load_seconds)
+                     load_seconds=time.monotonic() - started, low_vram=low_vram)
+        log.info("loaded %s (%s, %s, %s attention%s%s) in %.1f s", checkpoint, torch_device,
+                 str(dtype).split(".")[-1], attention, ", AWQ 4-bit decoder" if quantization else "",
+                 ", low-VRAM mode" if low_vram else "", engine.load_seconds)
         return engine
 
     @property
@@ -349,6 +372,8 @@ class QwenOmniEngine:
         tokens = 25 * segment_seconds + 64 + min(max_new_tokens, 8 * segment_seconds)
         per_segment = 1.5 * kv_bytes_per_token * tokens + 256 * 1024**2
         free, _total = torch.cuda.mem_get_info(self.device)
+        if self.low_vram:
+            free -= low_vram_mode.audio_encoder_bytes(self.model)  # it comes back to the GPU for each prefill
         return max(1, min(limit, int(0.8 * free // per_segment)))
 
     def close(self) -> None:

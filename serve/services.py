@@ -51,7 +51,8 @@ def engine_loader(settings: Settings):  # type: ignore[no-untyped-def]
     def load() -> BatchingRecognizer:
         checkpoint = resolve_checkpoint(settings.checkpoint_path, local_only=settings.local_model,
                                         models_dir=settings.models_dir, app_dir=APP_DIR)
-        engine = QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2)
+        engine = QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
+                                     low_vram=settings.low_vram)
         batch_size = settings.batch_size or engine.suggest_batch_size(settings.segment_duration,
                                                                       settings.max_new_tokens)
         log.info("generating up to %d segments per batch", batch_size)

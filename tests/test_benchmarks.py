@@ -53,8 +53,9 @@ def test_gpu_benchmark_code_path_on_a_tiny_model(tmp_path: Path) -> None:
                  "--rtf-segment", "5", "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    for name in ("awq", "bf16"):
+    for name in ("awq", "awq_low_vram", "bf16"):
         assert report[name]["segment_5s"]["decode_tok_s"] > 0 and report[name]["rtf_batch2"] > 0
+    assert report["low_vram_vs_normal"]["rtf_batch1_ratio"] > 0
 
 
 def test_scaleout_benchmark_short(tmp_path: Path) -> None:

@@ -1,0 +1,71 @@
+"""Low-VRAM mode (``--low-vram``): keep on the GPU only what every generated token needs.
+
+Two parts of the thinker are large but used rarely or lightly, and leave the GPU:
+
+* the **audio encoder** (about 640 M parameters, 1.3 GB in fp16) runs once per batch, in the prefill. Its
+  weights stay in CPU memory and are copied to the GPU layer by layer while it runs, then dropped (accelerate's
+  CPU offload, set up by the loader from the device map below);
+* the **token embeddings** (152 k x 3584, 1.1 GB) are a table lookup: they stay in CPU memory and the lookup
+  runs there; only the looked-up rows (a few KB per token) go to the GPU.
+
+The decoder layers and the output head stay resident: streaming them per token would cost a full weight
+transfer for every generated token. Generation is serialized by the engine's lock, so a module whose weights
+are moving is never used by two requests at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from accelerate.hooks import AlignDevicesHook, add_hook_to_module, remove_hook_from_module
+
+log = logging.getLogger(__name__)
+
+AUDIO_ENCODER = "model.audio_tower"
+TOKEN_EMBEDDINGS = "model.language_model.embed_tokens"
+CPU = torch.device("cpu")
+
+
+def device_map(device: torch.device) -> dict[str, str | torch.device]:
+    """The loader's device map: everything on ``device`` but the two parts kept in CPU memory."""
+    if device.type == "cpu":
+        return {"": device}  # nothing to save: the model is in CPU memory already
+    return {AUDIO_ENCODER: "cpu", TOKEN_EMBEDDINGS: "cpu", "": device}
+
+
+def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    return model.get_submodule(path)
+
+
+def finish(model: Any, device: torch.device) -> None:
+    """After loading with :func:`device_map`: look up token embeddings on the CPU instead of streaming them.
+
+    The loader gives every module mapped to the CPU accelerate's offload hook (weights copied to the GPU at
+    each call). That is right for the audio encoder, called once per batch, but would copy 1.1 GB of
+    embeddings for every generated token; the lookup runs on the CPU instead, and its output is moved to the
+    GPU, where the next layer expects it.
+    """
+    if device.type == "cpu":
+        return
+    embeddings = _module(model, TOKEN_EMBEDDINGS)
+    if embeddings.weight is model.lm_head.weight:
+        raise ValueError("tied input and output embeddings cannot be split between CPU and GPU")
+    hook = getattr(embeddings, "_hf_hook", None)
+    weight = hook.weights_map["weight"] if hook is not None and hook.weights_map is not None else embeddings.weight
+    remove_hook_from_module(embeddings)
+    embeddings.weight = torch.nn.Parameter(weight.to(CPU), requires_grad=False)
+    add_hook_to_module(embeddings, AlignDevicesHook(execution_device=CPU, io_same_device=True))
+
+
+def resident_bytes(model: torch.nn.Module, device: torch.device) -> int:
+    """Bytes of weights and buffers held on ``device`` (what the GPU keeps between requests)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if t.device == device)
+
+
+def audio_encoder_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the audio encoder's weights: the transient extra each prefill brings to the GPU in this mode
+    (the size is known wherever the weights are, even while they are offloaded to the meta device)."""
+    return sum(p.numel() * p.element_size() for p in _module(model, AUDIO_ENCODER).parameters())
