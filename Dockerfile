@@ -52,6 +52,9 @@ RUN (userdel --remove ubuntu 2>/dev/null || true) \
 
 COPY --chown=app:app docker/entrypoint.sh /usr/local/bin/qwen-omni-entrypoint
 COPY --chown=app:app serve/ /app/serve/
+# The real-model tools: the GPU smoke test (with its two clips) and the WER/CER evaluation
+COPY --chown=app:app scripts/smoke_gpu.py scripts/evaluate.py /app/scripts/
+COPY --chown=app:app scripts/smoke/ /app/scripts/smoke/
 
 USER 1000:1000
 ENV HF_HOME=/home/app/.cache/huggingface \

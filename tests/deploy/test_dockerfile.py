@@ -68,7 +68,10 @@ def test_build_context_excludes_models_outputs_and_caches() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignore[ignore.index("*")] == "*"  # everything is excluded unless listed
     allowed = {line[1:] for line in ignore if line.startswith("!")}
-    assert allowed == {"requirements.txt", "serve/", "docker/entrypoint.sh"}
+    assert allowed == {"requirements.txt", "serve/", "docker/entrypoint.sh", "scripts/smoke_gpu.py",
+                       "scripts/evaluate.py", "scripts/smoke/"}
+    for path in allowed:
+        assert (ROOT / path).exists(), path  # everything the Dockerfile copies is in the context
 
 
 def test_shell_scripts_parse() -> None:
