@@ -19,20 +19,31 @@ import logging
 from typing import Any
 
 import torch
-from accelerate.hooks import AlignDevicesHook, add_hook_to_module, remove_hook_from_module
+from accelerate.hooks import AlignDevicesHook, SequentialHook, add_hook_to_module, remove_hook_from_module
 
 log = logging.getLogger(__name__)
 
 AUDIO_ENCODER = "model.audio_tower"
 TOKEN_EMBEDDINGS = "model.language_model.embed_tokens"
+# Everything else, by name. A catch-all "" entry would give the root module a hook that places every
+# submodule, the offloaded ones included, on the GPU while loading: the peak this mode exists to avoid.
+RESIDENT = ("model.language_model.layers", "model.language_model.norm", "model.language_model.rotary_emb", "lm_head")
 CPU = torch.device("cpu")
 
 
 def device_map(device: torch.device) -> dict[str, str | torch.device]:
-    """The loader's device map: everything on ``device`` but the two parts kept in CPU memory."""
+    """The loader's device map: the two parts kept in CPU memory, the rest on ``device``."""
     if device.type == "cpu":
         return {"": device}  # nothing to save: the model is in CPU memory already
-    return {AUDIO_ENCODER: "cpu", TOKEN_EMBEDDINGS: "cpu", "": device}
+    return {AUDIO_ENCODER: "cpu", TOKEN_EMBEDDINGS: "cpu", **dict.fromkeys(RESIDENT, device)}
+
+
+def _offload_hook(module: torch.nn.Module) -> AlignDevicesHook | None:
+    """The accelerate hook that streams ``module``'s weights from CPU memory, if any."""
+    hook = getattr(module, "_hf_hook", None)
+    hooks = hook.hooks if isinstance(hook, SequentialHook) else [hook]
+    return next((h for h in hooks if isinstance(h, AlignDevicesHook) and h.offload and h.weights_map is not None),
+                None)
 
 
 def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -50,10 +61,12 @@ def finish(model: Any, device: torch.device) -> None:
     if device.type == "cpu":
         return
     embeddings = _module(model, TOKEN_EMBEDDINGS)
-    if embeddings.weight is model.lm_head.weight:
+    if embeddings.weight is model.lm_head.weight:  # the published checkpoints keep them separate
         raise ValueError("tied input and output embeddings cannot be split between CPU and GPU")
-    hook = getattr(embeddings, "_hf_hook", None)
-    weight = hook.weights_map["weight"] if hook is not None and hook.weights_map is not None else embeddings.weight
+    hook = _offload_hook(embeddings)
+    weight = hook.weights_map["weight"] if hook is not None else embeddings.weight
+    if weight.device.type == "meta":
+        raise ValueError("the token embeddings were not loaded into CPU memory")
     remove_hook_from_module(embeddings)
     embeddings.weight = torch.nn.Parameter(weight.to(CPU), requires_grad=False)
     add_hook_to_module(embeddings, AlignDevicesHook(execution_device=CPU, io_same_device=True))

@@ -28,9 +28,35 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
 
 def test_the_device_map_keeps_the_audio_encoder_and_embeddings_in_cpu_memory() -> None:
     gpu = torch.device("cuda", 1)
-    assert low_vram.device_map(gpu) == {"model.audio_tower": "cpu", "model.language_model.embed_tokens": "cpu",
-                                        "": gpu}
+    assert low_vram.device_map(gpu) == {
+        "model.audio_tower": "cpu", "model.language_model.embed_tokens": "cpu", "model.language_model.layers": gpu,
+        "model.language_model.norm": gpu, "model.language_model.rotary_emb": gpu, "lm_head": gpu}
     assert low_vram.device_map(torch.device("cpu")) == {"": torch.device("cpu")}
+
+
+def test_the_dispatch_the_loader_does_on_a_gpu_leaves_the_right_parts_in_cpu_memory(
+        tiny_awq_checkpoint: Path) -> None:
+    """accelerate's dispatch as the loader runs it for a CUDA device, with the meta device standing in for the
+    GPU (no memory, so nothing can compute there: this checks placement and hooks, not arithmetic)."""
+    from accelerate import dispatch_model
+
+    engine = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu")
+    model = engine.model
+    names = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    covered = low_vram.device_map(torch.device("meta"))
+    assert all(any(name.startswith(prefix + ".") for prefix in covered) for name in names)  # no "" catch-all
+    embedding_rows = model.model.language_model.embed_tokens.weight.detach().clone()
+    dispatch_model(model, device_map=covered, skip_keys=model._skip_keys_device_placement)
+    low_vram.finish(model, torch.device("meta"))
+
+    embeddings = model.model.language_model.embed_tokens
+    assert embeddings.weight.device.type == "cpu" and torch.equal(embeddings.weight, embedding_rows)
+    assert embeddings._hf_hook.execution_device == torch.device("cpu") and embeddings._hf_hook.io_same_device
+    encoder = model.model.audio_tower
+    assert all(p.device.type == "meta" for p in encoder.parameters())  # at rest: streamed in for each prefill
+    assert any(getattr(m, "_hf_hook", None) is not None for m in encoder.modules())
+    assert model.lm_head.weight.device.type == "meta" and model.device.type == "meta"  # generation's device
+    engine.close()
 
 
 def test_the_flag_and_its_variable_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
