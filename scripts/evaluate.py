@@ -9,17 +9,20 @@
     .venv/bin/python scripts/evaluate.py --librispeech data/LibriSpeech/test-clean --server http://localhost:5000
 
 Manifest: CSV with a header, or JSONL; fields ``audio`` (a path, relative to the manifest's folder or
-absolute), ``text`` (the reference) and optionally ``language`` (``en``, ``zh``, ...; by default ``zh`` when the
-reference is written in Chinese characters, else ``en``). English is normalized as the published Qwen results
+absolute), ``text`` (the reference) and optionally ``language`` (``en``, ``zh``, ...: told to the model and used
+for scoring; without it the model detects the language and the reference is scored as ``zh`` when written in
+Chinese characters, else as ``en``). English is normalized as the published Qwen results
 are (Whisper's English normalizer), other languages with Whisper's basic normalizer; Chinese is folded to
 Simplified and scored by characters (CER), the others by words (WER). Prints a per-file table, then the
 corpus-level WER and CER (all errors over all reference tokens), total audio duration and real-time factor.
+A file that fails is reported and left out of the figures, and the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import tempfile
@@ -40,7 +43,8 @@ SERVER_TIMEOUT_SECONDS = 3600
 class Item:
     audio: Path
     reference: str
-    language: str
+    language: str  # how the transcript is scored
+    requested: str = "auto"  # what the model is told: the manifest's language, else it detects it itself
 
 
 @dataclass
@@ -60,10 +64,12 @@ class Row:
 def read_manifest(path: Path) -> list[Item]:
     """Items of a CSV (with a header) or JSONL manifest; audio paths resolved against its folder."""
     text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() in (".jsonl", ".json"):
+    if path.suffix.lower() == ".json":
+        records = json.loads(text)
+    elif path.suffix.lower() == ".jsonl":
         records = [json.loads(line) for line in text.splitlines() if line.strip()]
     else:
-        records = list(csv.DictReader(text.splitlines()))
+        records = list(csv.DictReader(io.StringIO(text)))
     items = []
     for number, record in enumerate(records, 1):
         audio = record.get("audio") or record.get("path")
@@ -71,7 +77,8 @@ def read_manifest(path: Path) -> list[Item]:
         if not audio or reference is None:
             raise SystemExit(f"{path}: entry {number} needs 'audio' and 'text' (got {sorted(record)})")
         audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
-        items.append(Item(audio_path, reference, record.get("language") or guess_language(reference)))
+        language = record.get("language")
+        items.append(Item(audio_path, reference, language or guess_language(reference), language or "auto"))
     return items
 
 
@@ -82,7 +89,7 @@ def librispeech(folder: Path) -> list[Item]:
         for line in transcript.read_text().splitlines():
             utterance, _, reference = line.partition(" ")
             if utterance:
-                items.append(Item(transcript.parent / f"{utterance}.flac", reference, "en"))
+                items.append(Item(transcript.parent / f"{utterance}.flac", reference, "en", "en"))
     if not items:
         raise SystemExit(f"no *.trans.txt under {folder}: point --librispeech at e.g. LibriSpeech/test-clean")
     return items
@@ -104,14 +111,14 @@ class ServerBackend:
         started = time.monotonic()
         with item.audio.open("rb") as audio:
             response = self.session.post(f"{self.url}/transcribe/json", files={"file": (item.audio.name, audio)},
-                                         data={"language": item.language, "temperature": self.temperature},
+                                         data={"language": item.requested, "temperature": self.temperature},
                                          timeout=SERVER_TIMEOUT_SECONDS)
         if response.status_code != 200:
             try:
                 reason = response.json().get("error")
             except ValueError:
                 reason = response.text[:200]
-            raise SystemExit(f"{item.audio}: the server answered HTTP {response.status_code}: {reason}")
+            raise RuntimeError(f"the server answered HTTP {response.status_code}: {reason}")
         body = response.json()
         return body["transcription"], float(body.get("duration") or 0.0), time.monotonic() - started
 
@@ -132,16 +139,23 @@ class EngineBackend:
         print(f"model loaded in {load_seconds:.1f} s", file=sys.stderr, flush=True)
 
     def transcribe(self, item: Item) -> tuple[str, float, float]:
-        result = self.transcriber.transcribe(item.audio, item.language, temperature=self.temperature)
+        result = self.transcriber.transcribe(item.audio, item.requested, temperature=self.temperature)
         return result.text, result.audio_seconds, result.seconds
 
     def close(self) -> None:
         self.transcriber.close()
 
 
-def evaluate(items: list[Item], backend: ServerBackend | EngineBackend) -> Iterator[tuple[Row, Score]]:
+def evaluate(items: list[Item], backend: ServerBackend | EngineBackend,
+             failures: list[dict]) -> Iterator[tuple[Row, Score]]:
+    """Rows of the files transcribed; a file that fails is reported, recorded in ``failures`` and skipped."""
     for item in items:
-        hypothesis, audio_seconds, seconds = backend.transcribe(item)
+        try:
+            hypothesis, audio_seconds, seconds = backend.transcribe(item)
+        except Exception as exc:  # one bad file must not lose the rows of the others
+            failures.append({"file": str(item.audio), "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{item.audio}: FAILED, {exc}", file=sys.stderr, flush=True)
+            continue
         result = score(item.reference, hypothesis, item.language)
         yield Row(file=str(item.audio), language=item.language, audio_seconds=round(audio_seconds, 2),
                   seconds=round(seconds, 2), errors=result.errors, reference_length=result.reference_length,
@@ -184,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--librispeech", type=Path, help="a LibriSpeech split folder (e.g. test-clean)")
     parser.add_argument("--server", help="a running server's URL; without it, the engine runs in this process")
     parser.add_argument("--api-key", help="for a server started with --api-key")
-    parser.add_argument("--language", help="override every item's language (e.g. en, zh)")
+    parser.add_argument("--language", help="every item's language, told to the model and used for scoring (e.g. "
+                                           "en, zh); by default the manifest's, else the model detects it")
     parser.add_argument("--temperature", default="0", help="sent with every file (default 0: greedy decoding, as "
                                                            "published results are computed, and repeatable)")
     parser.add_argument("--limit", type=int, help="only the first N items")
@@ -194,20 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("server flags (after --) configure the in-process engine: not with --server")
     items = librispeech(args.librispeech) if args.librispeech else read_manifest(args.manifest)
     if args.language:
-        items = [Item(i.audio, i.reference, args.language) for i in items]
-    items = items[: args.limit] if args.limit else items
+        items = [Item(i.audio, i.reference, args.language, args.language) for i in items]
+    items = items if args.limit is None else items[: args.limit]
     missing = [str(i.audio) for i in items if not i.audio.is_file()]
     if missing:
         raise SystemExit(f"{len(missing)} audio file(s) not found, e.g. {missing[0]}")
 
     rows: list[Row] = []
     scores: list[Score] = []
+    failures: list[dict] = []
     with tempfile.TemporaryDirectory() as scratch:
         backend = (ServerBackend(args.server, args.api_key, args.temperature) if args.server
                    else EngineBackend(server_flags, Path(scratch), args.temperature))
         try:
             print(f"{'file':<48} {'lang':>4} {'audio s':>8} {'time s':>8} rate", flush=True)
-            for row, result in evaluate(items, backend):
+            for row, result in evaluate(items, backend, failures):
                 rows.append(row)
                 scores.append(result)
                 print_row(row)
@@ -217,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nWER {percent(summary['wer'])} over {summary['wer_files']} file(s), CER {percent(summary['cer'])} over "
           f"{summary['cer_files']} file(s); {summary['audio_seconds']:.1f} s of audio in {summary['seconds']:.1f} s, "
           f"real-time factor {summary['real_time_factor']}")
+    if failures:
+        print(f"{len(failures)} file(s) failed and are not in the figures", file=sys.stderr)
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=2,
-                                        ensure_ascii=False) + "\n")
-    return 0
+        args.json.write_text(json.dumps({"summary": summary, "rows": [asdict(r) for r in rows], "failures": failures},
+                                        indent=2, ensure_ascii=False) + "\n")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ The Qwen audio models' ASR evaluation normalizes English with Whisper's English 
 punctuation removed, spellings and numbers standardized), other space-separated languages with Whisper's
 basic normalizer (lower case, punctuation and symbols removed), and folds Chinese to Simplified script before
 scoring it by characters. The same is done here, with the same libraries (``whisper-normalizer``, OpenCC for the
-script fold, ``jiwer`` for the alignment).
+script fold, ``jiwer`` for the alignment). Their quirks come with them: a stray "..." becomes a "." token;
+Thai vowel and tone marks and Indic combining marks are treated as punctuation; Korean, written without CJK
+ideographs, is guessed as English unless the manifest names its language.
 """
 
 from __future__ import annotations

@@ -141,12 +141,17 @@ def test_evaluate_reads_jsonl_and_librispeech_layouts(tiny_awq_checkpoint: Path,
     assert row["language"] == "en" and row["reference_length"] == 9
 
     jsonl = tmp_path / "manifest.jsonl"
-    jsonl.write_text(json.dumps({"audio": str(chapter / "1089-134686-0000.flac"), "text": "你好", "language": "zh"},
-                                ensure_ascii=False) + "\n")
+    (tmp_path / "not-audio.wav").write_text("this is not audio")
+    jsonl.write_text("".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in (
+        {"audio": str(chapter / "1089-134686-0000.flac"), "text": "你好", "language": "zh"},
+        {"audio": "not-audio.wav", "text": "nothing"})))
     result = run("evaluate.py", str(jsonl), "--language", "en", "--json", str(tmp_path / "j.json"), "--",
                  "--checkpoint-path", str(tiny_awq_checkpoint), "--device", "cpu", *TOKENS)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads((tmp_path / "j.json").read_text())["rows"][0]["language"] == "en"  # --language wins
+    assert result.returncode == 1, result.stdout + result.stderr  # one file failed: reported, the other kept
+    report = json.loads((tmp_path / "j.json").read_text())
+    assert [row["language"] for row in report["rows"]] == ["en"]  # --language wins
+    (failure,) = report["failures"]
+    assert failure["file"].endswith("not-audio.wav") and "1 file(s) failed" in result.stderr
 
     missing = tmp_path / "missing.csv"
     missing.write_text("audio,text\nnope.wav,hello\n")
