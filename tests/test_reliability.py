@@ -95,6 +95,7 @@ def test_list_and_cancel_jobs(make_app, audio_dir: Path) -> None:  # type: ignor
     assert client.delete(f"/jobs/{running}").status_code == 409
     assert client.delete("/jobs/nope").status_code == 404
     assert client.get("/jobs?status=bogus").status_code == 400
+    assert client.get("/jobs?status=").status_code == 400
     assert client.get("/jobs?limit=0").status_code == 400
     assert services_of(app).models.users == 0
     assert folder_is_empty(services_of(app).settings.inputs_dir)

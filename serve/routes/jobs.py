@@ -97,7 +97,7 @@ def list_jobs():  # type: ignore[no-untyped-def]
     """
     status = request.args.get("status")
     try:
-        wanted = JobStatus(status) if status else None
+        wanted = JobStatus(status) if status is not None else None  # "?status=" is no status at all: 400
     except ValueError:
         raise InvalidParameter(f"status must be one of {', '.join(s.value for s in JobStatus)}",
                                param="status") from None
