@@ -50,9 +50,10 @@ def test_serving_benchmark_short(tmp_path: Path) -> None:
 def test_gpu_benchmark_code_path_on_a_tiny_model(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     result = run("bench_gpu.py", "--tiny", "--device", "cpu", "--segments", "5", "--batches", "1", "2",
-                 "--rtf-segment", "5", "--json", str(out))
+                 "--rtf-segment", "5", "--modes", "awq_low_vram", "awq", "bf16", "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
+    assert [key for key in report if key in ("awq", "awq_low_vram", "bf16")] == ["awq_low_vram", "awq", "bf16"]
     for name in ("awq", "awq_low_vram", "bf16"):
         assert report[name]["segment_5s"]["decode_tok_s"] > 0 and report[name]["rtf_batch2"] > 0
     assert report["low_vram_vs_normal"]["rtf_batch1_ratio"] > 0
