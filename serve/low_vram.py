@@ -4,7 +4,7 @@ Two parts of the thinker are large but used rarely or lightly, and leave the GPU
 
 * the **audio encoder** (about 640 M parameters, 1.3 GB in fp16) runs once per batch, in the prefill. Its
   weights stay in CPU memory and are copied to the GPU layer by layer while it runs, then dropped (accelerate's
-  CPU offload, set up by the loader from the device map below);
+  CPU offload, set up by the loader from the device map below), so the prefill's peak does not rise;
 * the **token embeddings** (152 k x 3584, 1.1 GB) are a table lookup: they stay in CPU memory and the lookup
   runs there; only the looked-up rows (a few KB per token) go to the GPU.
 
@@ -76,9 +76,3 @@ def resident_bytes(model: torch.nn.Module, device: torch.device) -> int:
     """Bytes of weights and buffers held on ``device`` (what the GPU keeps between requests)."""
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors if t.device == device)
-
-
-def audio_encoder_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the audio encoder's weights: the transient extra each prefill brings to the GPU in this mode
-    (the size is known wherever the weights are, even while they are offloaded to the meta device)."""
-    return sum(p.numel() * p.element_size() for p in _module(model, AUDIO_ENCODER).parameters())

@@ -78,7 +78,6 @@ def test_on_cpu_it_loads_warns_and_transcribes_the_same(tiny_awq_checkpoint: Pat
     assert "--low-vram has no effect on the CPU" in caplog.text
     assert engine.low_vram and engine.device == torch.device("cpu")
     assert engine.transcribe_batch(clips, OPTIONS) == expected
-    assert low_vram.audio_encoder_bytes(engine.model) > 0
     engine.close()
 
 
@@ -115,5 +114,6 @@ def test_cuda_low_vram_keeps_only_the_decoder_resident_and_transcribes_the_same(
     assert all(p.device.type != "cuda" for p in model.model.audio_tower.parameters())  # and left again
     saved = normal_resident - low_vram.resident_bytes(model, cuda)
     embeddings = model.model.language_model.embed_tokens.weight
-    assert saved >= low_vram.audio_encoder_bytes(model) + embeddings.numel() * embeddings.element_size()
+    encoder = sum(p.numel() * p.element_size() for p in model.model.audio_tower.parameters())
+    assert saved >= encoder + embeddings.numel() * embeddings.element_size()
     engine.close()
