@@ -296,12 +296,16 @@ class JobQueue:
         if job is None or job.finished:
             return job
         with self._cond:
-            if job_id not in self._pending:
-                self._cancel.add(job_id)
+            queued = job_id in self._pending
+            if queued:
+                position = self._pending.index(job_id)
+                del self._pending[position]
+                ticket = self._tickets.pop(job_id, None)
+            elif job_id in self._running:
+                self._cancel.add(job_id)  # it stops at its next segment
                 return job
-            position = self._pending.index(job_id)
-            del self._pending[position]
-            ticket = self._tickets.pop(job_id, None)
+        if not queued:  # neither queued nor running: it finished since the read above
+            return self.store.get(job_id)
         try:
             job = self._finish(replace(job, status=JobStatus.CANCELLED, stage="done", completed_at=now(),
                                        failure=JobFailure(reason, "cancelled", 409)))

@@ -167,6 +167,33 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_between_segments(store: J
     queue.stop()
 
 
+class StaleReadStore:
+    """Test double around a real store: the next ``get`` returns a given (out-of-date) record."""
+
+    def __init__(self, inner: JobStore) -> None:
+        self.inner = inner
+        self.stale: Job | None = None
+
+    def get(self, job_id: str) -> Job | None:
+        stale, self.stale = self.stale, None
+        return stale or self.inner.get(job_id)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+def test_a_job_that_finishes_while_being_cancelled_keeps_its_result(store: JobStore, tmp_path: Path) -> None:
+    stale = StaleReadStore(store)
+    queue = JobQueue(stale, quick(), failure_of)
+    queue.start()
+    done = queue.wait(queue.submit(job(tmp_path)).id, 5)
+    assert done.status is JobStatus.COMPLETED
+    stale.stale = replace(done, status=JobStatus.PROCESSING, stage="running", completed_at=None)  # read just before
+    assert queue.cancel(done.id).status is JobStatus.COMPLETED
+    assert not queue.cancel_requested(done.id)  # no cancel left behind for a job that is gone
+    queue.stop()
+
+
 class SlowThenFailingStore:
     """Test double around a real store: one ``add`` can be held (a slow Redis), one ``update`` can fail (Redis
     gone)."""

@@ -131,9 +131,11 @@ def cancel_job(job_id: str):  # type: ignore[no-untyped-def]
         429: RateLimited
     """
     job = _job(job_id)
-    if job.finished:
-        raise Conflict(f"job {job_id} has already finished ({job.status.value})", param="job_id")
-    job = services().jobs.cancel(job_id) or job
-    body = job_body(job)
-    body["cancel_requested"] = True  # a running job stops at its next segment
-    return jsonify(body)
+    if not job.finished:
+        job = services().jobs.cancel(job_id) or job
+        if job.status is JobStatus.CANCELLED or not job.finished:
+            body = job_body(job)
+            body["cancel_requested"] = True  # a running job stops at its next segment
+            return jsonify(body)
+    # Finished before the request, or while it was being cancelled.
+    raise Conflict(f"job {job_id} has already finished ({job.status.value})", param="job_id")
