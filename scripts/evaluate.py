@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from serve.evaluation import Score, corpus_rate, guess_language, score  # noqa: E402
+from serve.languages import LANGUAGES  # noqa: E402
 
 SERVER_TIMEOUT_SECONDS = 3600
 
@@ -77,9 +78,17 @@ def read_manifest(path: Path) -> list[Item]:
         if not audio or reference is None:
             raise SystemExit(f"{path}: entry {number} needs 'audio' and 'text' (got {sorted(record)})")
         audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
-        language = record.get("language")
-        items.append(Item(audio_path, reference, language or guess_language(reference), language or "auto"))
+        items.append(item(audio_path, reference, record.get("language"), f"{path}: entry {number}"))
     return items
+
+
+def item(audio: Path, reference: str, language: str | None, where: str) -> Item:
+    """An item told ``language`` (any case; empty or 'auto': the model detects it and the reference's script
+    decides how it is scored)."""
+    requested = (language or "").strip().lower() or "auto"
+    if requested != "auto" and requested not in LANGUAGES:
+        raise SystemExit(f"{where}: unknown language {language!r}; one of auto, {', '.join(LANGUAGES)}")
+    return Item(audio, reference, guess_language(reference) if requested == "auto" else requested, requested)
 
 
 def librispeech(folder: Path) -> list[Item]:
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("server flags (after --) configure the in-process engine: not with --server")
     items = librispeech(args.librispeech) if args.librispeech else read_manifest(args.manifest)
     if args.language:
-        items = [Item(i.audio, i.reference, args.language, args.language) for i in items]
+        items = [item(i.audio, i.reference, args.language, "--language") for i in items]
     items = items if args.limit is None else items[: args.limit]
     missing = [str(i.audio) for i in items if not i.audio.is_file()]
     if missing:

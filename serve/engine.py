@@ -32,6 +32,7 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from . import awq
 from . import low_vram as low_vram_mode
 from .audio import SAMPLE_RATE
+from .languages import LANGUAGES
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,6 @@ log = logging.getLogger(__name__)
 SYSTEM_PROMPT = "You are a speech recognition model."
 DEFAULT_INSTRUCTION = "Transcribe the audio into text."
 
-# ISO 639-1 (and yue) codes the transcription instruction can name.
-LANGUAGES = {
-    "en": "English", "zh": "Chinese", "yue": "Cantonese", "ja": "Japanese", "ko": "Korean", "de": "German",
-    "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic",
-    "hi": "Hindi", "id": "Indonesian", "th": "Thai", "vi": "Vietnamese", "tr": "Turkish", "nl": "Dutch",
-    "pl": "Polish", "sv": "Swedish", "ms": "Malay", "uk": "Ukrainian", "cs": "Czech", "fi": "Finnish",
-}
 # The cookbook asks for Chinese in Chinese.
 _NATIVE_INSTRUCTIONS = {"zh": "请将这段中文语音转换为纯文本。", "yue": "請將這段粵語語音轉換為純文本。"}
 _NATIVE_CONTEXT = {"zh": "音频中可能出现这些词：{}", "yue": "音頻中可能出現這些詞：{}"}

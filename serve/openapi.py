@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from . import __version__
 from .config import MAX_NEW_TOKENS_LIMIT, MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS
-from .engine import LANGUAGES
+from .languages import LANGUAGES
 from .params import OPENCC_CONFIGS
 
 JobStatusName = Literal["processing", "completed", "failed", "cancelled"]

@@ -13,8 +13,8 @@ from .config import (
     MIN_SEGMENT_SECONDS,
     Settings,
 )
-from .engine import LANGUAGES
 from .errors import InvalidParameter
+from .languages import LANGUAGES
 from .transcriber import TranscriptionParams
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from serve.evaluation import Score, contains_words, corpus_rate, guess_language, normalize, score
@@ -52,3 +55,20 @@ def test_expected_words_are_found_whatever_the_case_punctuation_or_script() -> N
 
 def test_language_is_guessed_from_the_script_of_the_reference() -> None:
     assert guess_language("今天天气很好") == "zh" and guess_language("Good morning") == "en"
+
+
+def test_manifest_languages_are_read_in_any_case_and_unknown_ones_refused(tmp_path: Path) -> None:
+    import evaluate
+
+    manifest = tmp_path / "set.jsonl"
+    rows = [{"audio": "a.wav", "text": "今天天气", "language": "ZH"},
+            {"audio": "b.wav", "text": "今天天气", "language": "Auto"},
+            {"audio": "c.wav", "text": "Hello there", "language": ""},
+            {"audio": "d.wav", "text": "Hallo", "language": "de"}]
+    manifest.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows))
+    items = evaluate.read_manifest(manifest)
+    assert [(i.language, i.requested) for i in items] == [("zh", "zh"), ("zh", "auto"), ("en", "auto"), ("de", "de")]
+    assert score("今天天气", "今天天氣", items[0].language).errors == 0  # scored as Chinese: the script is folded
+    manifest.write_text(json.dumps({"audio": "a.wav", "text": "x", "language": "klingon"}))
+    with pytest.raises(SystemExit, match="entry 1: unknown language 'klingon'"):
+        evaluate.read_manifest(manifest)

@@ -1,0 +1,14 @@
+"""The languages a request may name: ISO 639-1 codes (and yue), each with the name the model is told.
+
+Kept apart from the engine so that light users (request parsing, the OpenAPI document, the evaluation tool)
+need not import torch.
+"""
+
+from __future__ import annotations
+
+LANGUAGES = {
+    "en": "English", "zh": "Chinese", "yue": "Cantonese", "ja": "Japanese", "ko": "Korean", "de": "German",
+    "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic",
+    "hi": "Hindi", "id": "Indonesian", "th": "Thai", "vi": "Vietnamese", "tr": "Turkish", "nl": "Dutch",
+    "pl": "Polish", "sv": "Swedish", "ms": "Malay", "uk": "Ukrainian", "cs": "Czech", "fi": "Finnish",
+}
