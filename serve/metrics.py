@@ -44,7 +44,7 @@ class _LiveState(Collector):
                                   value=s.models.unload_count)
         if s.cluster is not None:
             yield from _worker_metrics(s.models.live_workers())
-        allocated, reserved = gpu_memory_bytes()
+        allocated, reserved = gpu_memory_bytes(s.settings.device)
         yield GaugeMetricFamily(f"{PREFIX}_gpu_memory_allocated_bytes", "GPU memory held by tensors",
                                 value=allocated)
         yield GaugeMetricFamily(f"{PREFIX}_gpu_memory_reserved_bytes", "GPU memory reserved by the allocator",

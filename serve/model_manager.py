@@ -45,14 +45,16 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def gpu_memory_bytes() -> tuple[float, float]:
-    """(allocated, reserved) bytes on the current CUDA device; zeros without CUDA or before it is in use."""
+def gpu_memory_bytes(device: str = "auto") -> tuple[float, float]:
+    """(allocated, reserved) bytes on the CUDA device a ``--device`` setting names ('auto' and 'cuda': the
+    current one); zeros on the CPU, without CUDA, or before CUDA is in use."""
     import torch
 
     # Querying memory before CUDA is initialised would create a context (hundreds of MB) on an idle GPU.
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+    if device == "cpu" or not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return 0.0, 0.0
-    return float(torch.cuda.memory_allocated()), float(torch.cuda.memory_reserved())
+    index = torch.device("cuda" if device == "auto" else device).index  # None: the current device
+    return float(torch.cuda.memory_allocated(index)), float(torch.cuda.memory_reserved(index))
 
 
 class ModelManager(Generic[T]):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from serve.model_manager import ModelManager, ModelState, ModelUnavailable
+from serve.model_manager import ModelManager, ModelState, ModelUnavailable, gpu_memory_bytes
 
 
 class FakeModel:
@@ -174,3 +174,17 @@ def test_unload_frees_the_model_object() -> None:
     assert manager.unload()
     gc.collect()
     assert ref() is None
+
+
+def test_gpu_memory_is_read_on_the_device_the_setting_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    # Test doubles for a machine with two GPUs in use: 1 GiB on the current one (0), 3 GiB on cuda:1.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    held = {None: 1 << 30, 0: 1 << 30, 1: 3 << 30}
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index=None: held[index])
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index=None: 2 * held[index])
+    assert gpu_memory_bytes("cuda:1") == (3 << 30, 6 << 30)
+    assert gpu_memory_bytes("auto") == gpu_memory_bytes("cuda") == (1 << 30, 2 << 30)
+    assert gpu_memory_bytes("cpu") == (0.0, 0.0)

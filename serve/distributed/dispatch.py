@@ -44,6 +44,9 @@ MAX_AUTO_SEGMENTS_PER_TASK = 8
 TASKS_PER_WORKER = 4
 QUEUED_TTL = 86400  # a task nobody takes in a day leaves Redis (the job re-queues it if it still waits)
 MAX_FAILURES = 3  # a task that raises this often (a dead worker does not count) fails its job
+# A task whose worker dies this often fails its job: a segment that crashes the process (the kernel's OOM
+# killer, a GPU fault) would otherwise take every worker down in turn, for ever.
+MAX_WORKER_DEATHS = 3
 TASK_TIMEOUT = 3600  # seconds a worker may spend on one task before RQ stops it
 
 
@@ -52,6 +55,13 @@ class TaskFailed(APIError):
 
     status = 500
     code = "worker_failed"
+
+
+class WorkerDied(APIError):
+    """The workers running a task kept dying (not raising) on it."""
+
+    status = 500
+    code = "worker_died"
 
 
 class StoreLost(APIError):
@@ -70,6 +80,7 @@ class _Task:
     segments: list[dict[str, Any]]
     attempt: int = 0
     failures: int = 0
+    worker_deaths: int = 0
 
     @property
     def rq_id(self) -> str:
@@ -111,7 +122,7 @@ class _Dispatch:
         self.reported = 0  # segments reported to the job's progress, in order
         self.expected = (math.ceil(job.audio_duration / self.params.segment_duration)
                          if job.audio_duration else None)
-        self.per_task = owner.segments_per_task or self._auto_task_size()
+        self.per_task = owner.segments_per_task  # 0: sized in run(), where Redis errors are handled
 
     def _auto_task_size(self) -> int:
         if not self.expected:
@@ -121,8 +132,9 @@ class _Dispatch:
 
     def run(self) -> Transcript:
         self.folder.mkdir(parents=True, exist_ok=True)
-        patiently(lambda: self.redis.delete(pieces_key(self.job.id)))  # a re-run starts clean
         try:
+            patiently(lambda: self.redis.delete(pieces_key(self.job.id)))  # a re-run starts clean
+            self.per_task = self.per_task or self._auto_task_size()
             pending: list[dict[str, Any]] = []
             for segment in decode_segments(self.job.input_path, self.params.segment_duration, self.folder):
                 self._check_stop()
@@ -158,9 +170,12 @@ class _Dispatch:
         except BaseException as exc:
             for task in self.tasks:
                 self._withdraw(task)
-            if isinstance(exc, redis.RedisError):
+            if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
                 raise StoreLost(f"Redis was unreachable for more than {PATIENCE_SECONDS:.0f} s ({exc}); "
                                 "submit the file again") from exc
+            if isinstance(exc, redis.RedisError):  # reachable but refusing: out of memory, read-only replica
+                raise StoreLost(f"Redis refused a command ({type(exc).__name__}: {exc}); check the Redis "
+                                "server's log, then submit the file again") from exc
             raise
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -223,19 +238,19 @@ class _Dispatch:
             self._failed(task, rq_task)
         elif status == TaskStatus.STARTED:
             owners = self._owners(rq_task)
-            if owners and not live_rq_workers.intersection(owners):
-                log.warning("worker %s stopped heart-beating during task %s: queuing it again", owners[0],
-                            task.rq_id)
-                self._enqueue(task)
+            # Read the live workers again before judging: a worker that started since the last read has
+            # announced itself before taking this task.
+            if owners and not live_rq_workers.intersection(owners) and \
+                    not patiently(self.owner.cluster.rq_workers).intersection(owners):
+                self._worker_died(task, f"worker {owners[0]} stopped heart-beating")
 
     def _failed(self, task: _Task, rq_task: Task) -> None:
         """A task raised on its worker: try it again (another worker may do better), at most MAX_FAILURES times."""
         result = patiently(rq_task.latest_result)
         lines = (result.exc_string or "").strip().splitlines() if result else []
         reason = lines[-1] if lines else "unknown error"
-        if "AbandonedJobError" in reason:  # RQ's word for a worker that died: not the task's fault
-            log.warning("task %s was abandoned by its worker: queuing it again", task.rq_id)
-            self._enqueue(task)
+        if "AbandonedJobError" in reason:  # RQ's word for a worker that died
+            self._worker_died(task, "RQ found it abandoned by its worker")
             return
         task.failures += 1
         if task.failures >= MAX_FAILURES:
@@ -244,6 +259,16 @@ class _Dispatch:
                 raise JobFailed(JobFailure(**failure))
             raise TaskFailed(f"transcription failed on the workers {task.failures} times; see their logs")
         log.warning("task %s failed (%s): queuing it again", task.rq_id, reason)
+        self._enqueue(task)
+
+    def _worker_died(self, task: _Task, how: str) -> None:
+        """The worker running ``task`` died: another one takes it, unless that keeps happening."""
+        task.worker_deaths += 1
+        if task.worker_deaths >= MAX_WORKER_DEATHS:
+            raise WorkerDied(f"segments {task.segments[0]['index']}-{task.segments[-1]['index']} took down "
+                             f"{task.worker_deaths} workers (last: {how}); they may crash the worker process: see "
+                             "the workers' logs (out of memory, GPU errors)")
+        log.warning("task %s: %s: queuing it again", task.rq_id, how)
         self._enqueue(task)
 
     @staticmethod

@@ -59,26 +59,32 @@ class WorkerContext:
     models: ModelManager
     redis: redis.Redis
     segments_dir: Path
-    device: str = "cpu"
+    device: str = "cpu"  # as /health shows it: "cuda:1 NVIDIA H200"
+    device_setting: str = "cpu"  # as --device gave it: "cuda:1"
     checkpoint: str = ""
     idle_timeout: float = 0.0
     rq_name: str = ""  # the RQ worker's current name: a new one after each reconnection
     current_task: str | None = None
     started: float = field(default_factory=time.time)
+    # One heartbeat built and written at a time: a beat built before rq_name changed must not land after the
+    # beat that announces the new name (the API would take the new name's task for orphaned).
+    _beating: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def heartbeat(self) -> None:
-        state = {
-            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
-            "checkpoint": self.checkpoint, "idle_timeout": self.idle_timeout,
-            "model_loaded": self.models.loaded, "model_state": self.models.state.value,
-            "model_error": self.models.last_error, "current_task": self.current_task,
-            "load_count": self.models.load_count, "unload_count": self.models.unload_count,
-            **_gpu_memory(), "rq_worker": self.rq_name, "started": self.started, "seen": time.time(),
-        }
-        pipe = self.redis.pipeline()
-        pipe.set(heartbeat_key(self.name), json.dumps(state), ex=HEARTBEAT_TTL)
-        pipe.sadd(WORKER_NAMES, self.name)
-        pipe.execute()
+        with self._beating:
+            state = {
+                "name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
+                "checkpoint": self.checkpoint, "idle_timeout": self.idle_timeout,
+                "model_loaded": self.models.loaded, "model_state": self.models.state.value,
+                "model_error": self.models.last_error, "current_task": self.current_task,
+                "load_count": self.models.load_count, "unload_count": self.models.unload_count,
+                **_gpu_memory(self.device_setting), "rq_worker": self.rq_name, "started": self.started,
+                "seen": time.time(),
+            }
+            pipe = self.redis.pipeline()
+            pipe.set(heartbeat_key(self.name), json.dumps(state), ex=HEARTBEAT_TTL)
+            pipe.sadd(WORKER_NAMES, self.name)
+            pipe.execute()
 
 
 _context: WorkerContext | None = None
@@ -125,8 +131,8 @@ def transcribe_task(job_id: str, segments: list[dict[str, Any]], params: dict[st
     return len(segments)
 
 
-def _gpu_memory() -> dict[str, float]:
-    allocated, reserved = gpu_memory_bytes()
+def _gpu_memory(device: str) -> dict[str, float]:
+    allocated, reserved = gpu_memory_bytes(device)
     return {"gpu_memory_allocated_bytes": allocated, "gpu_memory_reserved_bytes": reserved}
 
 
@@ -184,6 +190,7 @@ def run(settings: Settings) -> None:
     patiently(lambda: _claim(client, name))
     context = _context = WorkerContext(name=name, models=models, redis=client,
                                        segments_dir=Path(settings.segments_dir), device=_device_name(settings),
+                                       device_setting=settings.device,
                                        checkpoint=settings.checkpoint_path, idle_timeout=settings.idle_timeout)
     stop = threading.Event()
     threading.Thread(target=_beat, args=(context, stop), name="heartbeat", daemon=True).start()

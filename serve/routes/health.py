@@ -39,7 +39,7 @@ def health():  # type: ignore[no-untyped-def]
     """
     s = services()
     if s.cluster is None:
-        allocated, reserved = gpu_memory_bytes()
+        allocated, reserved = gpu_memory_bytes(s.settings.device)
         model = {
             "model_loaded": s.models.loaded, "gpu_available": torch.cuda.is_available(),
             "gpu_memory_allocated_gb": round(allocated / _GIB, 2), "gpu_memory_reserved_gb": round(reserved / _GIB, 2),
