@@ -1,4 +1,5 @@
-"""Post-processing of the model's raw output: wrapper stripping, a repetition guard, OpenCC, joining."""
+"""Post-processing of the model's raw output: control characters, wrapper stripping, a repetition guard,
+OpenCC, joining."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "�
 MAX_REPEATS = 4
 MAX_SHORT_REPEATS = 10
 _REPEAT = re.compile(r"(.{1,40}?)(?:\s*\1){" + str(MAX_REPEATS) + ",}", re.DOTALL)
+
+
+# Control characters (but tab and newline) are never speech, and break subtitle files, terminals and XML
+# consumers downstream.
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def remove_control_characters(text: str) -> str:
+    return _NOT_TEXT.sub("", text)
 
 
 def strip_wrappers(text: str) -> str:
@@ -86,7 +96,7 @@ def to_traditional(text: str, config: str = "s2t") -> str:
 
 def clean_transcript(raw: str, *, opencc: str | None = None) -> str:
     """Everything done to one segment's raw output, in order."""
-    text = limit_repetitions(strip_wrappers(raw))
+    text = limit_repetitions(strip_wrappers(remove_control_characters(raw)))
     if opencc:
         text = to_traditional(text, opencc)
     return text.strip()

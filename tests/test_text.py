@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from serve.text import clean_transcript, join_pieces, limit_repetitions, strip_wrappers, to_traditional
+from serve.text import (
+    clean_transcript,
+    join_pieces,
+    limit_repetitions,
+    remove_control_characters,
+    strip_wrappers,
+    to_traditional,
+)
 
 
 @pytest.mark.parametrize(("raw", "clean"), [
@@ -33,6 +40,11 @@ def test_opencc_simplified_to_traditional() -> None:
     assert to_traditional("这是转录的文本内容") == "這是轉錄的文本內容"
     assert to_traditional("软件", "s2twp") == "軟體"
     assert to_traditional("hello 123") == "hello 123"
+
+
+def test_control_characters_are_removed() -> None:
+    assert remove_control_characters("a\x00b\x10c\r\n\td\x7f\x85e\ufffd 你好") == "abc\n\tde\ufffd 你好"
+    assert clean_transcript("\x1b[31mHello world\x0c") == "[31mHello world"
 
 
 def test_clean_transcript_applies_everything() -> None:
