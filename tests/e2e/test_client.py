@@ -49,7 +49,9 @@ def test_other_formats_and_output_dir(server: Server, audio_dir: Path, tmp_path:
     result = run_client(str(audio_dir / "speech.wav"), "--format", fmt, "--output-dir", "out", "--url", server.url,
                         "--api-key", "client-key", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "out" / f"speech.{fmt}").stat().st_size > 0
+    written = tmp_path / "out" / f"speech.{fmt}"
+    # Random weights may well transcribe a clip as nothing: a txt file then rightly holds nothing.
+    assert written.is_file() and (fmt == "txt" or written.stat().st_size > 0)
 
 
 def test_failures_give_a_non_zero_exit(server: Server, audio_dir: Path, tmp_path: Path) -> None:
