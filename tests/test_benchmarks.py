@@ -61,10 +61,10 @@ def test_gpu_benchmark_code_path_on_a_tiny_model(tmp_path: Path) -> None:
 
 def test_scaleout_benchmark_short(tmp_path: Path) -> None:
     out = tmp_path / "scaleout.json"
-    result = run("bench_scaleout.py", "--minutes", "0.5", "--tokens", "8", "--workers", "1", "2", "--repeats", "1",
+    # Two workers only: one worker's run is the same code with one process fewer (tests/distributed covers it).
+    result = run("bench_scaleout.py", "--minutes", "0.5", "--tokens", "8", "--workers", "2", "--repeats", "1",
                  "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert [(row["mode"], row["workers"]) for row in report["rows"]] == [
-        ("single process", 1), ("api + workers", 1), ("api + workers", 2)]
+    assert [(row["mode"], row["workers"]) for row in report["rows"]] == [("single process", 1), ("api + workers", 2)]
     assert all(row["same_text"] and row["seconds"] > 0 for row in report["rows"])  # same transcript every way

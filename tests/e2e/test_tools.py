@@ -29,15 +29,21 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=300, cwd=ROOT)
 
 
-def test_smoke_reports_everything_and_fails_the_word_check_on_random_weights(tiny_awq_checkpoint: Path,
-                                                                              tmp_path: Path) -> None:
-    report_path = tmp_path / "smoke.json"
+@pytest.fixture(scope="module")
+def smoke_run(tiny_awq_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
+        subprocess.CompletedProcess, dict]:
+    """One smoke test of the shipped clips on the tiny checkpoint: (the process, its JSON report)."""
+    report_path = tmp_path_factory.mktemp("smoke") / "smoke.json"
     result = run("smoke_gpu.py", "--checkpoint-path", str(tiny_awq_checkpoint), "--device", "cpu", *TOKENS,
                  "--json", str(report_path))
+    return result, json.loads(report_path.read_text())
+
+
+def test_smoke_reports_everything_and_fails_the_word_check_on_random_weights(smoke_run: tuple) -> None:
+    result, report = smoke_run
     assert result.returncode == 1, result.stdout + result.stderr
     assert "loaded in" in result.stdout and "english.mp3: RTF" in result.stdout and "mandarin.mp3: RTF" in result.stdout
     assert "lacks expected words" in result.stderr and "What to check" in result.stderr
-    report = json.loads(report_path.read_text())
     assert report["status"] == "failed" and report["load_seconds"] > 0
     assert [clip["file"] for clip in report["clips"]] == ["english.mp3", "mandarin.mp3"]
     for clip in report["clips"]:
@@ -46,12 +52,10 @@ def test_smoke_reports_everything_and_fails_the_word_check_on_random_weights(tin
         assert not clip["passed"] and clip["missing"]
 
 
-def test_smoke_passes_when_the_transcripts_hold_the_expected_words(tiny_awq_checkpoint: Path,
+def test_smoke_passes_when_the_transcripts_hold_the_expected_words(smoke_run: tuple, tiny_awq_checkpoint: Path,
                                                                    tmp_path: Path) -> None:
     # Greedy decoding is deterministic: expect, in a copy of the clips, words the tiny model is known to say.
-    first = tmp_path / "first.json"
-    run("smoke_gpu.py", "--checkpoint-path", str(tiny_awq_checkpoint), "--device", "cpu", *TOKENS, "--json", str(first))
-    said = {clip["file"]: clip["transcript"] for clip in json.loads(first.read_text())["clips"]}
+    said = {clip["file"]: clip["transcript"] for clip in smoke_run[1]["clips"]}
     manifest = json.loads(CLIPS.read_text())
     for clip in manifest["clips"]:
         shutil.copy(CLIPS.parent / clip["file"], tmp_path / clip["file"])
