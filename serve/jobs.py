@@ -301,11 +301,15 @@ class JobQueue:
                 position = self._pending.index(job_id)
                 del self._pending[position]
                 ticket = self._tickets.pop(job_id, None)
-            elif job_id in self._running:
-                self._cancel.add(job_id)  # it stops at its next segment
-                return job
-        if not queued:  # neither queued nor running: it finished since the read above
-            return self.store.get(job_id)
+            else:
+                self._cancel.add(job_id)  # running: it stops at its next segment; being submitted: at its first
+        if not queued:
+            current = self.store.get(job_id)
+            if current is not None and current.finished:  # it finished since the read above: nothing to stop
+                with self._cond:
+                    self._cancel.discard(job_id)
+                return current
+            return job
         try:
             job = self._finish(replace(job, status=JobStatus.CANCELLED, stage="done", completed_at=now(),
                                        failure=JobFailure(reason, "cancelled", 409)))

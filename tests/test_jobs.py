@@ -191,6 +191,10 @@ def test_a_job_that_finishes_while_being_cancelled_keeps_its_result(store: JobSt
     stale.stale = replace(done, status=JobStatus.PROCESSING, stage="running", completed_at=None)  # read just before
     assert queue.cancel(done.id).status is JobStatus.COMPLETED
     assert not queue.cancel_requested(done.id)  # no cancel left behind for a job that is gone
+    # A job recorded but not queued yet (submit writes the record first) keeps its cancel for when it runs.
+    arriving = job(tmp_path)
+    store.add(arriving)
+    assert queue.cancel(arriving.id).status is JobStatus.PROCESSING and queue.cancel_requested(arriving.id)
     queue.stop()
 
 
