@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_checks.sh [REPORT_DIR] [extra bench_gpu.py flags...]
 #
-# REPORT_DIR (default gpu-report/) receives tests.log, bench.log, gpu.json and nvidia-smi.txt. A step that
+# REPORT_DIR (default gpu-report/) receives versions.txt, nvidia-smi.txt, tests.log, bench.log and gpu.json. A step that
 # fails or runs out of time does not stop the next one; the exit status is non-zero if any step failed.
 # Time limits per step: GPU_TESTS_TIMEOUT (default 300 s) and GPU_BENCH_TIMEOUT (default 1800 s).
 set -uo pipefail
