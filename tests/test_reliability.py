@@ -97,6 +97,8 @@ def test_list_and_cancel_jobs(make_app, audio_dir: Path) -> None:  # type: ignor
     assert client.get("/jobs?status=bogus").status_code == 400
     assert client.get("/jobs?status=").status_code == 400
     assert client.get("/jobs?limit=0").status_code == 400
+    too_far = client.get(f"/jobs?offset={2**70}")  # past the stores' 64-bit integers: refused, not a 500
+    assert too_far.status_code == 400 and too_far.get_json()["param"] == "offset"
     assert services_of(app).models.users == 0
     assert folder_is_empty(services_of(app).settings.inputs_dir)
 

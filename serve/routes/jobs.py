@@ -12,6 +12,7 @@ from .common import attachment, job_body, transcript_json
 bp = Blueprint("jobs", __name__)
 
 MAX_PAGE = 500
+MAX_OFFSET = 10**9  # far beyond any job table, well inside the stores' 64-bit integers
 
 
 def _job(job_id: str) -> Job:
@@ -84,7 +85,7 @@ def list_jobs():  # type: ignore[no-untyped-def]
       parameters:
         - {name: status, in: query, schema: {type: string, enum: [processing, completed, failed, cancelled]}}
         - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 50}}
-        - {name: offset, in: query, schema: {type: integer, minimum: 0, default: 0}}
+        - {name: offset, in: query, schema: {type: integer, minimum: 0, maximum: 1000000000, default: 0}}
       responses:
         200:
           description: the jobs
@@ -106,8 +107,10 @@ def list_jobs():  # type: ignore[no-untyped-def]
         offset = int(request.args.get("offset", 0))
     except ValueError:
         raise InvalidParameter("limit and offset must be whole numbers", param="limit") from None
-    if not (1 <= limit <= MAX_PAGE and offset >= 0):
-        raise InvalidParameter(f"limit must be 1 to {MAX_PAGE} and offset 0 or more", param="limit")
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidParameter(f"limit must be 1 to {MAX_PAGE}", param="limit")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidParameter(f"offset must be 0 to {MAX_OFFSET}", param="offset")
     jobs = services().store.list(status=wanted, limit=limit, offset=offset)
     return jsonify(jobs=[job_body(j, with_result=False) for j in jobs], limit=limit, offset=offset)
 
