@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,33 +31,10 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from . import awq
 from . import low_vram as low_vram_mode
 from .audio import SAMPLE_RATE
-from .languages import LANGUAGES
+from .generation import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, EngineOutOfMemory, GenerationOptions
 
 log = logging.getLogger(__name__)
 
-# The model authors' ASR recipe (Qwen2.5-Omni cookbook "universal audio understanding"): a fixed system
-# prompt and an instruction naming the language; punctuation is kept (subtitles need it).
-SYSTEM_PROMPT = "You are a speech recognition model."
-DEFAULT_INSTRUCTION = "Transcribe the audio into text."
-
-# The cookbook asks for Chinese in Chinese.
-_NATIVE_INSTRUCTIONS = {"zh": "请将这段中文语音转换为纯文本。", "yue": "請將這段粵語語音轉換為純文本。"}
-_NATIVE_CONTEXT = {"zh": "音频中可能出现这些词：{}", "yue": "音頻中可能出現這些詞：{}"}
-
-
-def instruction_for(language: str = "auto", prompt: str = "") -> str:
-    """The user-turn instruction: which language to transcribe, and context words (names, jargon) if any."""
-    if language in _NATIVE_INSTRUCTIONS:
-        instruction = _NATIVE_INSTRUCTIONS[language]
-    elif language in LANGUAGES:
-        instruction = f"Transcribe the {LANGUAGES[language]} audio into text."
-    else:
-        instruction = DEFAULT_INSTRUCTION
-    prompt = " ".join(prompt.split())
-    if prompt:
-        context = _NATIVE_CONTEXT.get(language, "The audio may mention: {}")
-        instruction = f"{instruction} {context.format(prompt)}"
-    return instruction
 AUDIO_TOKEN = "<|AUDIO|>"
 END_OF_TURN_TOKEN = "<|im_end|>"
 END_OF_TEXT_TOKEN = "<|endoftext|>"
@@ -66,18 +42,6 @@ END_OF_TEXT_TOKEN = "<|endoftext|>"
 
 class EngineLoadError(Exception):
     """The checkpoint cannot be loaded as a Qwen2.5-Omni thinker."""
-
-
-class EngineOutOfMemory(Exception):
-    """The accelerator ran out of memory on this input; its cache has been freed, so a smaller input may fit."""
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    max_new_tokens: int = 8192
-    temperature: float = 0.1  # 0 = greedy
-    repetition_penalty: float = 1.1
-    instruction: str = DEFAULT_INSTRUCTION
 
 
 def audio_token_count(mel_frames: int) -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.engine import DEFAULT_INSTRUCTION, instruction_for
-from tests.conftest import form_upload, services_of, wait_until
+from serve.generation import DEFAULT_INSTRUCTION, instruction_for
+from tests.conftest import form_upload, services_of, use_test_engine, wait_until
 
 
 class RecordingRecognizer:
@@ -27,7 +27,7 @@ class RecordingRecognizer:
 
 
 def use(app, engine) -> None:  # type: ignore[no-untyped-def]
-    services_of(app).models._loader = lambda: engine
+    use_test_engine(app, engine)
 
 
 def test_instructions_by_language_and_prompt() -> None:
