@@ -35,9 +35,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import build_tiny_checkpoints  # noqa: E402
 
 from benchmarks.synthetic_speech import build_track  # noqa: E402
-from serve.batching import BatchingRecognizer  # noqa: E402
-from serve.engine import GenerationOptions, QwenOmniEngine  # noqa: E402
+from serve.batching import BatchRunner  # noqa: E402
+from serve.engine import QwenOmniEngine  # noqa: E402
+from serve.generation import GenerationOptions  # noqa: E402
+from serve.local import LocalDestination  # noqa: E402
 from serve.model_manager import ModelManager  # noqa: E402
+from serve.scheduler import FairScheduler  # noqa: E402
 from serve.transcriber import Transcriber, TranscriptionParams  # noqa: E402
 
 
@@ -72,9 +75,10 @@ def http_vs_direct(checkpoint: Path, audio: Path, work: Path, tokens: int, segme
                    repeats: int) -> dict:
     params = TranscriptionParams(segment_duration=segment_seconds, max_new_tokens=tokens, temperature=0.0,
                                  repetition_penalty=1.1)
-    manager = ModelManager(lambda: BatchingRecognizer(QwenOmniEngine.load(checkpoint, device="cpu"), 1),
+    scheduler = FairScheduler()
+    manager = ModelManager(lambda: BatchRunner(QwenOmniEngine.load(checkpoint, device="cpu"), 1, scheduler),
                            unloader=lambda r: r.close(), idle_timeout=-1)
-    transcriber = Transcriber(manager)
+    transcriber = Transcriber(LocalDestination(manager, scheduler))
     transcriber(audio, params)  # warm-up: load
     direct = []
     for _ in range(repeats):

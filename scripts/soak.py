@@ -219,7 +219,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local_server(work: Path, server: str, queue_depth: int) -> tuple[subprocess.Popen, str]:
+def start_local_server(work: Path, server: str, queue_depth: int, concurrent_jobs: int
+                       ) -> tuple[subprocess.Popen, str]:
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_tiny_checkpoints
 
@@ -229,7 +230,7 @@ def start_local_server(work: Path, server: str, queue_depth: int) -> tuple[subpr
     command = [sys.executable, str(ROOT / "serve" / "qwen2_5_omni_awq.py"), "--server", server,
                "--host", "127.0.0.1", "--port", str(port), "--checkpoint-path", str(awq), "--local-model",
                "--max-new-tokens", "8", "--idle-timeout", "-1", "--log-level", "WARNING",
-               "--queue-depth", str(queue_depth),
+               "--queue-depth", str(queue_depth), "--concurrent-jobs", str(concurrent_jobs),
                "--data-dir", str(work / "data"), "--inputs-dir", str(work / "inputs"),
                "--temp-dir", str(work / "temp"), "--outputs-dir", str(work / "outputs")]
     log = (work / "server.log").open("w")
@@ -260,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=["gunicorn", "werkzeug"], default="gunicorn")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--queue-depth", type=int, default=16,
-                        help="of the server it starts: below --clients, so that back-pressure (503) is exercised")
+                        help="of the server it starts: with --concurrent-jobs below --clients, so that "
+                             "back-pressure (503) is exercised")
+    parser.add_argument("--concurrent-jobs", type=int, default=4, help="of the server it starts")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds; the run stops sending then")
     parser.add_argument("--seed", type=int, default=7)
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--base-url must be a loopback address")
             base, pid = args.base_url.rstrip("/"), None
         else:
-            process, base = start_local_server(Path(work), args.server, args.queue_depth)
+            process, base = start_local_server(Path(work), args.server, args.queue_depth, args.concurrent_jobs)
             pid = process.pid
         try:
             report = run_load(base, pid, args.clients, args.requests, args.time_limit, args.seed)

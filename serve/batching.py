@@ -1,27 +1,26 @@
-"""Batched generation: segments from every running job go through the model together.
+"""The one thread that calls the model: fair batches from the scheduler, through the engine, back to each job.
 
-:class:`BatchingRecognizer` owns the engine and is the only thread that calls it. Job threads submit
-segments and get futures; the batcher takes what is waiting (up to ``batch_size``, with the same generation
-settings) and runs it as one ``generate`` call, each sequence stopping at its own end token.
+:class:`BatchRunner` owns a loaded engine. It takes what the :class:`~serve.scheduler.FairScheduler` hands
+out (up to ``batch_size`` segments with the same generation settings, from every running job) and runs it
+as one ``generate`` call, each sequence stopping at its own end token. Out of memory, a batch is run again
+one segment at a time, and a segment that does not fit alone is transcribed in two halves.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import deque
-from concurrent.futures import Future
 from typing import Protocol
 
 import numpy as np
 
-from .engine import EngineOutOfMemory, GenerationOptions
+from .generation import EngineOutOfMemory, GenerationOptions
+from .scheduler import FairScheduler, SegmentRequest
 
 log = logging.getLogger(__name__)
 
-# How long the batcher waits for more segments once one has arrived: long enough for a job's look-ahead
-# and other jobs' segments to land in the same batch, short enough to be invisible next to a generate call.
+# How long the runner waits for more segments once one has arrived: long enough for other jobs' segments
+# to land in the same batch, short enough to be invisible next to a generate call.
 GATHER_SECONDS = 0.005
 
 
@@ -30,89 +29,84 @@ class BatchEngine(Protocol):
     def close(self) -> None: ...
 
 
-class _Request:
-    __slots__ = ("future", "options", "samples")
+class SegmentOutOfMemory(Exception):
+    """A segment did not fit in accelerator memory, even split in two."""
 
-    def __init__(self, samples: np.ndarray, options: GenerationOptions) -> None:
-        self.samples = samples
-        self.options = options
-        self.future: Future[str] = Future()
+    def __init__(self, start: float, end: float) -> None:
+        super().__init__(f"out of memory on the segment at {start:.1f}-{end:.1f} s, even split in two")
+        self.start = start
+        self.end = end
 
 
-class BatchingRecognizer:
-    def __init__(self, engine: BatchEngine, batch_size: int, gather_seconds: float = GATHER_SECONDS) -> None:
+class BatchRunner:
+    def __init__(self, engine: BatchEngine, batch_size: int, scheduler: FairScheduler,
+                 gather_seconds: float = GATHER_SECONDS) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.engine = engine
         self.batch_size = batch_size
+        self.scheduler = scheduler
         self.gather_seconds = gather_seconds
-        self._waiting: deque[_Request] = deque()
-        self._cond = threading.Condition()
         self._closed = False
         self.batches_run = 0
         self.largest_batch = 0
-        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="batch-runner", daemon=True)
         self._thread.start()
 
-    def submit(self, samples: np.ndarray, options: GenerationOptions) -> Future[str]:
-        request = _Request(samples, options)
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the model is being unloaded")
-            self._waiting.append(request)
-            self._cond.notify()
-        return request.future
-
-    def transcribe(self, samples: np.ndarray, options: GenerationOptions) -> str:
-        return self.submit(samples, options).result()
-
     def close(self) -> None:
-        """Stop taking work, fail what is still waiting, stop the thread, then close the engine."""
-        with self._cond:
-            self._closed = True
-            leftover = list(self._waiting)
-            self._waiting.clear()
-            self._cond.notify_all()
-        for request in leftover:
-            request.future.set_exception(RuntimeError("the model was unloaded"))
+        """Stop taking work (what waits stays with the scheduler for the next load), then close the engine."""
+        self._closed = True
+        self.scheduler.wake()  # after the flag: a runner about to wait sees it, one waiting is woken
         self._thread.join()
         self.engine.close()
 
-    def _next_batch(self) -> list[_Request] | None:
-        with self._cond:
-            while not self._waiting and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return None
-            deadline = time.monotonic() + self.gather_seconds
-            while len(self._waiting) < self.batch_size and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
-            options = self._waiting[0].options
-            batch = [r for r in self._waiting if r.options == options][: self.batch_size]
-            for request in batch:
-                self._waiting.remove(request)
-            return batch
-
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        while not self._closed:
+            batch = self.scheduler.next_batch(self.batch_size, gather_seconds=self.gather_seconds,
+                                              stop=lambda: self._closed)
+            if not batch:
+                continue
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch))
-            self._run(batch)
+            try:
+                self._run(batch)
+            except Exception as exc:  # a bug here must not leave jobs waiting for answers that never come
+                log.exception("the batch runner failed a batch")
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+            del batch  # the segments' audio goes with their requests
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[SegmentRequest]) -> None:
+        texts: list[str] | None = None
         try:
-            texts = self.engine.transcribe_batch([r.samples for r in batch], batch[0].options)
-        except EngineOutOfMemory as exc:
-            if len(batch) == 1:
-                batch[0].future.set_exception(exc)
-                return
-            log.warning("out of memory on a batch of %d: running its segments one by one", len(batch))
-            for request in batch:
-                self._run([request])
-            return
-        except Exception as exc:  # the callers' jobs fail; the batcher goes on
+            texts = self.engine.transcribe_batch([r.samples for r in batch], batch[0].options)  # type: ignore[misc]
+        except EngineOutOfMemory:
+            pass  # retried below, outside this block: the exception's traceback holds the failed attempt's tensors
+        except Exception as exc:  # the callers' jobs fail; the runner goes on
             for request in batch:
                 request.future.set_exception(exc)
             return
-        for request, text in zip(batch, texts, strict=True):
-            request.future.set_result(text)
+        if texts is not None:
+            for request, text in zip(batch, texts, strict=True):
+                request.future.set_result([text])
+        elif len(batch) == 1:
+            self._run_in_halves(batch[0])
+        else:
+            log.warning("out of memory on a batch of %d: running its segments one by one", len(batch))
+            for request in batch:
+                self._run([request])
+
+    def _run_in_halves(self, request: SegmentRequest) -> None:
+        # Alone it did not fit: the smaller input is half a segment.
+        log.warning("out of memory at %.1f-%.1f s: retrying in two halves", request.start, request.end)
+        try:
+            parts = [self.engine.transcribe_batch([half], request.options)[0]
+                     for half in np.array_split(request.samples, 2)]  # type: ignore[arg-type]
+        except EngineOutOfMemory:
+            request.future.set_exception(SegmentOutOfMemory(request.start, request.end))
+            return
+        except Exception as exc:
+            request.future.set_exception(exc)
+            return
+        request.future.set_result(parts)

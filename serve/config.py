@@ -80,10 +80,10 @@ class Settings(BaseSettings):
     # Jobs and batching
     batch_size: int = Field(0, ge=0, le=64, description="segments generated together; 0 = as many as fit in free "
                                                         "VRAM (1 on CPU)")
-    concurrent_jobs: int | None = Field(
-        None, ge=1, le=256, description="jobs transcribed side by side (their segments share batches; a short job "
-                                        "need not wait for a long one); default 2, or 32 with --role api, where "
-                                        "each running job keeps its segments queued for the workers")
+    concurrent_jobs: int = Field(
+        32, ge=1, le=256, description="jobs transcribed at once: their segments share the model fairly, segment by "
+                                      "segment, a waiting client's first (a short job never waits for a long one); "
+                                      "more jobs wait in arrival order")
     queue_depth: int = Field(32, ge=1, le=10000, description="jobs that may wait for the model; more get 503 with "
                                                              "Retry-After")
     data_dir: Path = Field(APP_DIR / "data", description="where the job database (jobs.sqlite3) lives")
@@ -155,15 +155,10 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def job_concurrency(self) -> int:
-        # In the API role a running job only cuts and waits: many at once keep every worker fed with segments.
-        return self.concurrent_jobs or (32 if self.role == "api" else 2)
-
-    @property
     def request_threads(self) -> int:
         """Enough threads for every waiting synchronous client plus room for /health and status polls."""
         # A synchronous client holds a thread while its job waits and while it runs.
-        return self.threads or self.queue_depth + self.job_concurrency + 32
+        return self.threads or self.queue_depth + self.concurrent_jobs + 32
 
     @property
     def api_keys(self) -> list[str]:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
+from .local import MODEL_NAME, LocalDestination, close_runner, engine_loader
 from .model_manager import ModelManager
 from .params import parse_params
-from .services import close_recognizer, engine_loader
+from .scheduler import FairScheduler
 from .transcriber import Transcriber
 
 
@@ -30,9 +31,10 @@ class DirectTranscriber:
     def __init__(self, settings: Settings, scratch_dir: Path) -> None:
         self.settings = settings
         # Never idle-unloaded between files: the tools measure transcription, not reloading.
-        self.models = ModelManager(engine_loader(settings), unloader=close_recognizer, idle_timeout=-1,
-                                   name="Qwen2.5-Omni thinker")
-        self._transcriber = Transcriber(self.models, scratch_dir=scratch_dir)
+        scheduler = FairScheduler()
+        self.models = ModelManager(engine_loader(settings, scheduler), unloader=close_runner, idle_timeout=-1,
+                                   name=MODEL_NAME)
+        self._transcriber = Transcriber(LocalDestination(self.models, scheduler), scratch_dir=scratch_dir)
 
     def load(self) -> float:
         """Load the model now; return the seconds it took."""

@@ -12,9 +12,9 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .audio import UndecodableAudio
+from .batching import SegmentOutOfMemory
 from .jobs import JobFailure
 from .model_manager import ModelUnavailable
-from .transcriber import SegmentOutOfMemory
 
 log = logging.getLogger(__name__)
 

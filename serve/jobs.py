@@ -1,7 +1,8 @@
-"""Transcription jobs: their records and the one bounded queue, with its single worker, that runs them.
+"""Transcription jobs: their records and the one bounded queue, with its job threads, that runs them.
 
-Synchronous requests and async jobs go through the same queue and the same worker thread, which is the
-only code that reaches the model: there is no second, unlocked path to the GPU. Job records live in a
+Synchronous requests and async jobs go through the same queue and the same job threads; a running job
+reaches the model only through the fair scheduler and the one batch runner behind it: there is no second,
+unlocked path to the GPU. Job records live in a
 :class:`JobStore` (SQLite, see ``job_store.py``) so they survive restarts; params and results are plain
 JSON-able data, so this module knows nothing of the pipeline, HTTP or the database.
 """
@@ -151,11 +152,12 @@ class _Ticket:
 
 
 class JobQueue:
-    """A bounded FIFO of jobs, run by ``concurrency`` worker threads.
+    """A bounded FIFO of jobs, up to ``concurrency`` of them running at once, each on its own thread.
 
-    Jobs running side by side do not touch the model themselves: their segments meet in the batching
-    recognizer, the one thread that does. Running two or more lets a short request through while a long
-    one is transcribed, and fills batches.
+    Running jobs do not touch the model themselves: their segments meet in the fair scheduler, which gives
+    each running job its share of the model segment by segment (see ``scheduler.py``). So a short request
+    admitted while long files run is transcribed within about one batch; only beyond ``concurrency`` running
+    jobs does a job wait here, in arrival order, for one to finish.
     """
 
     def __init__(self, store: JobStore, runner: JobRunner, failure_of: FailureMapper, *, max_queued: int = 32,

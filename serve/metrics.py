@@ -37,6 +37,8 @@ class _LiveState(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "Jobs waiting for the model", value=s.jobs.depth)
         yield GaugeMetricFamily(f"{PREFIX}_queue_capacity", "Jobs that may wait", value=s.jobs.max_queued)
         yield GaugeMetricFamily(f"{PREFIX}_running_jobs", "Jobs being transcribed", value=len(s.jobs.running_jobs))
+        yield GaugeMetricFamily(f"{PREFIX}_segments_waiting", "Decoded segments of running jobs waiting for the model",
+                                value=s.scheduler.waiting)
         yield GaugeMetricFamily(f"{PREFIX}_model_loaded", "1 when the model is in memory",
                                 value=1 if s.models.loaded else 0)
         yield CounterMetricFamily(f"{PREFIX}_model_loads", "Times the model was loaded", value=s.models.load_count)

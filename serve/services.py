@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 
 from . import formats
-from .batching import BatchingRecognizer
-from .checkpoint import resolve_checkpoint
-from .config import APP_DIR, Settings
-from .engine import QwenOmniEngine
+from .batching import BatchRunner
+from .config import Settings
 from .errors import failure_of
 from .janitor import Janitor
 from .job_store import SqliteJobStore
 from .jobs import Job, JobControl, JobKind, JobQueue, JobStore, new_job_id
+from .local import MODEL_NAME, LocalDestination, close_runner, engine_loader
 from .metrics import Metrics
 from .model_manager import ModelManager
 from .outputs import OutputStore
-from .transcriber import Transcriber, TranscriptionParams
+from .scheduler import FairScheduler
+from .transcriber import Destination, Transcriber, TranscriptionParams
 from .transcript import Transcript
 from .uploads import Upload
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the scale-out classes: services.py builds them only in that
     from redis import Redis
 
     from .distributed.cluster import Cluster, ClusterModels
+    from .distributed.dispatch import RemoteDestination
 
 log = logging.getLogger(__name__)
 
@@ -47,40 +48,22 @@ RENDERERS = {
 TranscribeJob = Callable[[Job, JobControl], Transcript]
 
 
-def engine_loader(settings: Settings):  # type: ignore[no-untyped-def]
-    def load() -> BatchingRecognizer:
-        checkpoint = resolve_checkpoint(settings.checkpoint_path, local_only=settings.local_model,
-                                        models_dir=settings.models_dir, app_dir=APP_DIR)
-        engine = QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
-                                     low_vram=settings.low_vram)
-        batch_size = settings.batch_size or engine.suggest_batch_size(settings.segment_duration,
-                                                                      settings.max_new_tokens)
-        log.info("generating up to %d segments per batch", batch_size)
-        return BatchingRecognizer(engine, batch_size)
-
-    return load
-
-
-def local_transcription(transcriber: Transcriber) -> TranscribeJob:
-    """Transcribe on this process's model (the default single-process mode)."""
+def job_transcription(transcriber: Transcriber) -> TranscribeJob:
+    """A job through the pipeline; a synchronous job's client waits on the connection (it goes first)."""
 
     def transcribe(job: Job, control: JobControl) -> Transcript:
-        return transcriber(job.input_path, TranscriptionParams(**job.params), expected_duration=job.audio_duration,
+        return transcriber(job.input_path, TranscriptionParams(**job.params), job_id=job.id,
+                           waiting_client=job.kind is JobKind.SYNC, expected_duration=job.audio_duration,
                            progress=control.report, should_stop=control.should_stop)
 
     return transcribe
 
 
-def close_recognizer(recognizer: object) -> None:
-    close = getattr(recognizer, "close", None)
-    if close is not None:
-        close()
-
-
 @dataclass
 class Services:
     settings: Settings
-    models: ModelManager[BatchingRecognizer] | ClusterModels
+    models: ModelManager[BatchRunner] | ClusterModels
+    scheduler: FairScheduler  # every running job's segments, waiting for the model
     jobs: JobQueue
     outputs: OutputStore
     store: JobStore  # what request handlers read: in scale-out mode it fails fast (503) when Redis is down
@@ -88,6 +71,7 @@ class Services:
     metrics: Metrics
     cluster: Cluster | None = None  # the scale-out workers, in the API role
     redis: Redis | None = None
+    dispatcher: RemoteDestination | None = None  # hands segments to the workers, in the API role
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -95,23 +79,27 @@ class Services:
             Path(folder).mkdir(parents=True, exist_ok=True)
         metrics = Metrics()
         outputs = OutputStore(settings.outputs_dir)
-        cluster = client = None
+        cluster = client = dispatcher = None
+        destination: Destination
         if settings.role == "api":
             from .distributed.api import ApiBackend
 
             backend = ApiBackend.connect(settings)
             models, store, background_store = backend.models, backend.store, backend.background_store
-            transcribe: TranscribeJob = backend.transcribe
             cluster, client = backend.cluster, backend.redis
+            destination = dispatcher = backend.destination
+            scheduler = dispatcher.scheduler
         else:
-            manager: ModelManager[BatchingRecognizer] = ModelManager(
-                metrics.timed(metrics.load_seconds, engine_loader(settings)),
-                unloader=metrics.timed(metrics.unload_seconds, close_recognizer), idle_timeout=settings.idle_timeout,
-                name="Qwen2.5-Omni thinker",
+            scheduler = FairScheduler()
+            manager: ModelManager[BatchRunner] = ModelManager(
+                metrics.timed(metrics.load_seconds, engine_loader(settings, scheduler)),
+                unloader=metrics.timed(metrics.unload_seconds, close_runner), idle_timeout=settings.idle_timeout,
+                name=MODEL_NAME,
             )
-            transcribe = local_transcription(Transcriber(manager, scratch_dir=settings.temp_dir))
+            destination = LocalDestination(manager, scheduler)
             models, store = manager, SqliteJobStore(Path(settings.data_dir) / JOB_DATABASE)
             background_store = store
+        transcribe = job_transcription(Transcriber(destination, scratch_dir=settings.temp_dir))
 
         def run(job: Job, control: JobControl) -> tuple[dict[str, Any], str]:
             transcript = transcribe(job, control)
@@ -123,15 +111,15 @@ class Services:
             metrics.job_finished(job)
 
         jobs = JobQueue(background_store, run, failure_of, max_queued=settings.queue_depth,
-                        concurrency=settings.job_concurrency, on_finished=finished)
+                        concurrency=settings.concurrent_jobs, on_finished=finished)
         janitor = Janitor(background_store, inputs_dir=settings.inputs_dir, temp_dir=settings.temp_dir,
                           outputs_dir=settings.outputs_dir, job_retention_hours=settings.job_retention_hours,
                           output_retention_hours=settings.output_retention_hours,
                           segments_dir=settings.segments_dir if settings.role == "api" else None)
         jobs.start()
         janitor.start()
-        services = cls(settings=settings, models=models, jobs=jobs, outputs=outputs, store=store, janitor=janitor,
-                       metrics=metrics, cluster=cluster, redis=client)
+        services = cls(settings=settings, models=models, scheduler=scheduler, jobs=jobs, outputs=outputs, store=store,
+                       janitor=janitor, metrics=metrics, cluster=cluster, redis=client, dispatcher=dispatcher)
         metrics.watch(services)
         return services
 
@@ -161,6 +149,8 @@ class Services:
     def close(self) -> None:
         self.janitor.stop()
         self.jobs.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         self.models.close()
         if self.redis is not None:
             self.redis.close()

@@ -1,27 +1,27 @@
-"""The transcription pipeline: decode -> segments -> engine -> clean text pieces -> Transcript.
+"""The transcription pipeline: decode -> segments -> scheduler -> model -> clean text pieces -> Transcript.
 
-It runs on a job's worker thread. Segments are submitted in groups as large as the recognizer's batch, so
-that a batching recognizer (the only caller of the model) generates them together, possibly with other
-jobs' segments. The model is taken from the manager at the first segment that is not silence (a silent
-file never loads it) and held until the file is done.
+One pipeline for both modes. It runs on a job's thread: it decodes and cuts the file (streamed), skips
+silence, and hands each segment to a *destination*, which transcribes it wherever the model is: this
+process's batch runner (:mod:`serve.local`) or the scale-out workers (:mod:`serve.distributed.dispatch`).
+Both put the segment into a :class:`~serve.scheduler.FairScheduler`, so every running job gets its share of
+the model. The pipeline keeps at most the destination's look-ahead of segments outstanding (memory stays
+flat), takes the results back in file order, cleans them, reports progress, and assembles the transcript.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from .audio import Segment, decode_segments
-from .engine import EngineOutOfMemory, GenerationOptions, instruction_for
-from .model_manager import ModelManager
+from .generation import GenerationOptions, instruction_for
 from .text import clean_transcript, join_pieces
 from .transcript import Piece, Transcript
 
@@ -30,18 +30,12 @@ log = logging.getLogger(__name__)
 # segments done, total (an estimate), audio seconds done, and the segment's piece (None when it was silent)
 ProgressCallback = Callable[[int, int | None, float, dict | None], None]
 
+# How often a job waiting for its next segment's text checks whether it was cancelled.
+STOP_POLL_SECONDS = 0.1
+
 
 class TranscriptionStopped(Exception):
-    """The caller asked to stop (a cancelled job) between two segments."""
-
-
-class SegmentOutOfMemory(Exception):
-    """A segment did not fit in accelerator memory, even split in two."""
-
-    def __init__(self, segment: Segment) -> None:
-        super().__init__(f"out of memory on the segment at {segment.start:.1f}-{segment.end:.1f} s, "
-                         "even split in two")
-        self.segment = segment
+    """The caller asked to stop (a cancelled job)."""
 
 
 @dataclass(frozen=True)
@@ -64,85 +58,100 @@ class TranscriptionParams:
                                  instruction=instruction_for(self.language, self.prompt))
 
 
-class SpeechRecognizer(Protocol):
-    def transcribe(self, samples: np.ndarray, options: GenerationOptions) -> str: ...
+class Lane(Protocol):
+    """One job's way to the model."""
+
+    def submit(self, segment: Segment, options: GenerationOptions) -> Future[list[str]]:
+        """Queue a segment; its future gets the raw text (in parts: two when it was split to fit in memory)."""
+
+    def lookahead(self) -> int:
+        """How many segments the job may have outstanding now."""
+
+    def close(self) -> None:
+        """The job is done: withdraw what it still has waiting, release what it holds."""
 
 
-def submit_segment(recognizer: SpeechRecognizer, samples: np.ndarray, options: GenerationOptions) -> Future[str]:
-    """Queue a segment on a batching recognizer; run it at once on a plain one."""
-    submit = getattr(recognizer, "submit", None)
-    if submit is not None:
-        return submit(samples, options)
-    future: Future[str] = Future()
-    try:
-        future.set_result(recognizer.transcribe(samples, options))
-    except Exception as exc:
-        future.set_exception(exc)
-    return future
+class Destination(Protocol):
+    """Where segments are transcribed: this process's model, or the scale-out workers."""
+
+    def open_lane(self, job_id: str, *, waiting_client: bool) -> Lane: ...
+
+
+@dataclass
+class _Outstanding:
+    number: int  # 1-based position in the file
+    segment: Segment
+    future: Future[list[str]] | None  # None: silent, nothing to transcribe
 
 
 class Transcriber:
-    def __init__(self, models: ModelManager[SpeechRecognizer], *, scratch_dir: Path | None = None) -> None:
-        self.models = models
+    def __init__(self, destination: Destination, *, scratch_dir: Path | None = None) -> None:
+        self.destination = destination
         self.scratch_dir = scratch_dir
 
-    def __call__(self, audio_path: Path, params: TranscriptionParams, *, expected_duration: float | None = None,
+    def __call__(self, audio_path: Path, params: TranscriptionParams, *, job_id: str | None = None,
+                 waiting_client: bool = False, expected_duration: float | None = None,
                  progress: ProgressCallback | None = None,
                  should_stop: Callable[[], bool] | None = None) -> Transcript:
-        pieces: list[Piece] = []
-        duration = 0.0
         total = math.ceil(expected_duration / params.segment_duration) if expected_duration else None
-        group: list[tuple[int, Segment]] = []  # segments decoded, not yet transcribed
+        pieces: list[Piece] = []
+        outstanding: deque[_Outstanding] = deque()
+        duration = 0.0
 
-        with ExitStack() as held:
-            recognizer: SpeechRecognizer | None = None
+        def stopped() -> bool:
+            return should_stop is not None and should_stop()
 
-            def flush() -> None:
-                """Submit the group at once (one batch), then collect its texts in order."""
-                futures = [submit_segment(recognizer, s.samples, params.generation) if not s.is_silent() else None
-                           for _, s in group]
-                for (done, segment), future in zip(group, futures, strict=True):
-                    piece = None
-                    if future is not None:
-                        text = segment_text(recognizer, segment, future, params)
-                        log.debug("segment %d [%.2f-%.2f]: %r", segment.index, segment.start, segment.end, text)
-                        piece = Piece(start=segment.start, end=segment.end, text=text)
-                        pieces.append(piece)
-                    if progress is not None:
-                        progress(done, max(total, done) if total else None, segment.cut_end,
-                                 piece.to_dict() if piece else None)
-                group.clear()
+        def finish_oldest() -> None:
+            entry = outstanding.popleft()
+            piece = None
+            if entry.future is not None:
+                text = _clean(_wait(entry.future, stopped), params)
+                log.debug("segment %d [%.2f-%.2f]: %r", entry.segment.index, entry.segment.start, entry.segment.end,
+                          text)
+                piece = Piece(start=entry.segment.start, end=entry.segment.end, text=text)
+                pieces.append(piece)
+            if progress is not None:
+                progress(entry.number, max(total, entry.number) if total else None, entry.segment.cut_end,
+                         piece.to_dict() if piece else None)
 
-            for done, segment in enumerate(decode_segments(audio_path, params.segment_duration,
-                                                           self.scratch_dir), start=1):
-                if should_stop is not None and should_stop():
+        def speech_outstanding() -> int:
+            return sum(1 for entry in outstanding if entry.future is not None)
+
+        lane = self.destination.open_lane(job_id or uuid.uuid4().hex, waiting_client=waiting_client)
+        try:
+            for number, segment in enumerate(decode_segments(audio_path, params.segment_duration, self.scratch_dir),
+                                             start=1):
+                if stopped():
                     raise TranscriptionStopped()
                 duration = segment.cut_end
-                if recognizer is None and not segment.is_silent():
-                    # Taken at the first speech (a silent file never loads the model) and held until the
-                    # whole file is done, so the idle timer cannot unload it between segments.
-                    recognizer = held.enter_context(self.models.use())
-                group.append((done, segment))
-                if len(group) >= getattr(recognizer, "batch_size", 1):
-                    flush()
-            flush()
+                if not segment.is_silent():
+                    while speech_outstanding() >= lane.lookahead():
+                        finish_oldest()
+                # A silent segment never reaches the model (a silent file never loads it).
+                future = None if segment.is_silent() else lane.submit(segment, params.generation)
+                outstanding.append(_Outstanding(number, segment, future))
+                while outstanding and (outstanding[0].future is None or outstanding[0].future.done()):
+                    finish_oldest()  # report in file order as soon as possible
+            while outstanding:
+                finish_oldest()
+        finally:
+            for entry in outstanding:
+                if entry.future is not None:
+                    entry.future.cancel()
+            lane.close()
         return Transcript(pieces=tuple(pieces), duration=duration)
 
 
-def segment_text(recognizer: SpeechRecognizer, segment: Segment, future: Future[str],
-                 params: TranscriptionParams) -> str:
-    """A segment's clean text from its pending result; out of memory, the segment is retried in two halves."""
-
-    def clean(raw: str) -> str:
-        return clean_transcript(raw, opencc=params.opencc)
-
-    try:
-        return clean(future.result())
-    except EngineOutOfMemory as first:
-        # Alone it did not fit: the smaller batch is half a segment.
-        log.warning("out of memory at %.1f-%.1f s (%s): retrying in two halves", segment.start, segment.end, first)
+def _wait(future: Future[list[str]], stopped: Callable[[], bool]) -> list[str]:
+    while True:
         try:
-            return join_pieces([clean(recognizer.transcribe(half, params.generation))
-                                for half in np.array_split(segment.samples, 2)])
-        except EngineOutOfMemory as second:
-            raise SegmentOutOfMemory(segment) from second
+            return future.result(timeout=STOP_POLL_SECONDS)
+        except TimeoutError:
+            if stopped():
+                raise TranscriptionStopped() from None
+
+
+def _clean(parts: list[str], params: TranscriptionParams) -> str:
+    """Post-processing: each part loses the model's wrappers and repetitions (and gets OpenCC), then they join."""
+    cleaned = [clean_transcript(part, opencc=params.opencc) for part in parts]
+    return cleaned[0] if len(cleaned) == 1 else join_pieces(cleaned)

@@ -137,6 +137,29 @@ def services_of(app):  # type: ignore[no-untyped-def]
     return app.extensions[EXTENSION_KEY]
 
 
+class OneSegmentAtATime:
+    """Gives a test double that transcribes one segment (``transcribe(samples, options) -> str``) the engine
+    interface the batch runner calls."""
+
+    def __init__(self, recognizer) -> None:  # type: ignore[no-untyped-def]
+        self.recognizer = recognizer
+
+    def transcribe_batch(self, batch, options) -> list[str]:  # type: ignore[no-untyped-def]
+        return [self.recognizer.transcribe(samples, options) for samples in batch]
+
+    def close(self) -> None:
+        pass
+
+
+def use_test_engine(app, recognizer, batch_size: int = 1) -> None:  # type: ignore[no-untyped-def]
+    """Load ``recognizer`` (a test double) instead of the real engine, behind the real scheduler and batch runner."""
+    from serve.batching import BatchRunner
+
+    s = services_of(app)
+    engine = recognizer if hasattr(recognizer, "transcribe_batch") else OneSegmentAtATime(recognizer)
+    s.models._loader = lambda: BatchRunner(engine, batch_size, s.scheduler)
+
+
 def form_upload(path: Path, name: str | None = None, **fields: str) -> dict:
     """Multipart form data for Flask's test client: the file at ``path`` (sent as ``name``) and fields."""
     return {"file": (io.BytesIO(path.read_bytes()), name or path.name), **fields}

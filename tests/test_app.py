@@ -14,7 +14,7 @@ import pytest
 import srt
 
 from serve.text import to_traditional
-from tests.conftest import folder_is_empty, services_of
+from tests.conftest import folder_is_empty, services_of, use_test_engine
 from tests.conftest import form_upload as upload
 
 
@@ -167,10 +167,8 @@ class FakeRecognizer:
         return "这段音频的原始内容是：“这是转录的文本内容”"
 
 
-def test_enable_s2t_and_wrapper_stripping_through_the_pipeline(app, client, audio_dir: Path,  # type: ignore[no-untyped-def]
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    models = services_of(app).models
-    monkeypatch.setattr(models, "_loader", FakeRecognizer)
+def test_enable_s2t_and_wrapper_stripping_through_the_pipeline(app, client, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    use_test_engine(app, FakeRecognizer())
     fields = {"segment_duration": "5"}
     plain = client.post("/transcribe/json", data=upload(audio_dir / "tone.wav", **fields)).get_json()
     assert plain["transcription"] == "这是转录的文本内容" * 2
@@ -230,15 +228,14 @@ def test_wrong_method_and_unknown_route_are_json(client) -> None:  # type: ignor
     assert_json_error(client.get("/no/such/route"), 404, "not_found")
 
 
-def test_unexpected_errors_are_500_without_details(app, client, audio_dir: Path,  # type: ignore[no-untyped-def]
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_errors_are_500_without_details(app, client, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
     class ExplodingRecognizer:
         """Test double whose transcribe raises with an internal detail in the message."""
 
         def transcribe(self, samples, options):  # type: ignore[no-untyped-def]
             raise RuntimeError("secret internal path /srv/model/weights.bin")
 
-    monkeypatch.setattr(services_of(app).models, "_loader", ExplodingRecognizer)
+    use_test_engine(app, ExplodingRecognizer())
     body = assert_json_error(client.post("/transcribe/json", data=upload(audio_dir / "speech.mp3")), 500,
                              "transcription_failed")
     assert "secret" not in json.dumps(body)

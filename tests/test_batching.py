@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.batching import BatchingRecognizer
-from serve.engine import EngineOutOfMemory, GenerationOptions, QwenOmniEngine
+from serve.batching import BatchRunner, SegmentOutOfMemory
+from serve.engine import QwenOmniEngine
+from serve.generation import EngineOutOfMemory, GenerationOptions
+from serve.scheduler import FairScheduler, Flow
 from tests.conftest import form_upload, services_of, wait_until
 
 GREEDY = GenerationOptions(max_new_tokens=24, temperature=0.0, repetition_penalty=1.1)
@@ -50,12 +52,14 @@ class RecordingEngine:
         self.batches: list[list[int]] = []
         self.delay = delay
         self.limit = out_of_memory_above
+        self.limit_samples: int | None = None  # out of memory on a clip longer than this
         self.closed = False
 
     def transcribe_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[str]:
         self.batches.append([b.size for b in batch])
         time.sleep(self.delay)
-        if self.limit is not None and len(batch) > self.limit:
+        if (self.limit is not None and len(batch) > self.limit) or \
+                (self.limit_samples is not None and any(b.size > self.limit_samples for b in batch)):
             raise EngineOutOfMemory("simulated")
         if any(b.size == 13 for b in batch):
             raise ValueError("bad clip")
@@ -65,53 +69,89 @@ class RecordingEngine:
         self.closed = True
 
 
+def runner_with(engine: RecordingEngine, batch_size: int) -> tuple[BatchRunner, FairScheduler, Flow]:
+    scheduler = FairScheduler()
+    return BatchRunner(engine, batch_size, scheduler), scheduler, scheduler.open_flow("job")
+
+
+def submit(scheduler: FairScheduler, flow: Flow, size: int, options: GenerationOptions = GREEDY):  # type: ignore[no-untyped-def]
+    return scheduler.submit(flow, np.zeros(size), options).future
+
+
 def test_waiting_segments_are_batched_up_to_the_limit() -> None:
     engine = RecordingEngine()
-    batcher = BatchingRecognizer(engine, batch_size=3)
-    first = batcher.submit(np.zeros(1), GREEDY)  # runs alone while the others arrive
+    runner, scheduler, flow = runner_with(engine, batch_size=3)
+    first = submit(scheduler, flow, 1)  # runs alone while the others arrive
     time.sleep(0.01)
-    rest = [batcher.submit(np.zeros(n), GREEDY) for n in (2, 3, 4, 5)]
-    assert first.result(5) == "1:0.0" and [f.result(5) for f in rest] == ["2:0.0", "3:0.0", "4:0.0", "5:0.0"]
+    rest = [submit(scheduler, flow, n) for n in (2, 3, 4, 5)]
+    assert first.result(5) == ["1:0.0"] and [f.result(5) for f in rest] == [["2:0.0"], ["3:0.0"], ["4:0.0"], ["5:0.0"]]
     assert engine.batches == [[1], [2, 3, 4], [5]]
-    assert batcher.largest_batch == 3
-    batcher.close()
+    assert runner.largest_batch == 3
+    runner.close()
     assert engine.closed
+
+
+def test_the_runner_takes_batches_in_the_schedulers_fair_order() -> None:
+    engine = RecordingEngine(delay=0)
+    scheduler = FairScheduler()
+    long_a, long_b = scheduler.open_flow("A"), scheduler.open_flow("B")
+    for _ in range(3):  # clip sizes tell the jobs apart: A 1, B 2, the waiting client 3
+        submit(scheduler, long_a, 1)
+        submit(scheduler, long_b, 2)
+    waiting_client = scheduler.open_flow("S", waiting_client=True)
+    futures = [submit(scheduler, waiting_client, 3) for _ in range(2)]
+    runner = BatchRunner(engine, 2, scheduler)
+    assert [f.result(5) for f in futures] == [["3:0.0"], ["3:0.0"]]
+    wait_until(lambda: len(engine.batches) == 4)
+    assert engine.batches == [[3, 3], [1, 2], [1, 2], [1, 2]]
+    runner.close()
 
 
 def test_different_settings_are_never_mixed_in_a_batch() -> None:
     engine = RecordingEngine()
-    batcher = BatchingRecognizer(engine, batch_size=8)
-    blocker = batcher.submit(np.zeros(1), GREEDY)
+    runner, scheduler, flow = runner_with(engine, batch_size=8)
+    greedy_job, sampled_job = flow, scheduler.open_flow("other job")
+    blocker = submit(scheduler, greedy_job, 1)
     time.sleep(0.01)
     sampled = GenerationOptions(max_new_tokens=24, temperature=0.7)
-    futures = [batcher.submit(np.zeros(n), GREEDY if n % 2 else sampled) for n in (2, 3, 4, 5)]
+    futures = [submit(scheduler, greedy_job if n % 2 else sampled_job, n, GREEDY if n % 2 else sampled)
+               for n in (2, 3, 4, 5)]
     blocker.result(5)
-    assert [f.result(5) for f in futures] == ["2:0.7", "3:0.0", "4:0.7", "5:0.0"]
-    assert engine.batches[1:] == [[2, 4], [3, 5]]
-    batcher.close()
+    assert [f.result(5) for f in futures] == [["2:0.7"], ["3:0.0"], ["4:0.7"], ["5:0.0"]]
+    assert sorted(engine.batches[1:]) == [[2, 4], [3, 5]]
+    runner.close()
 
 
-def test_out_of_memory_in_a_batch_retries_its_segments_alone() -> None:
+def test_out_of_memory_in_a_batch_retries_its_segments_alone_then_in_halves() -> None:
     engine = RecordingEngine(out_of_memory_above=1)
-    batcher = BatchingRecognizer(engine, batch_size=4)
-    blocker = batcher.submit(np.zeros(1), GREEDY)
+    runner, scheduler, flow = runner_with(engine, batch_size=4)
+    blocker = submit(scheduler, flow, 1)
     time.sleep(0.01)
-    futures = [batcher.submit(np.zeros(n), GREEDY) for n in (2, 3)]
-    assert blocker.result(5) == "1:0.0" and [f.result(5) for f in futures] == ["2:0.0", "3:0.0"]
+    futures = [submit(scheduler, flow, n) for n in (2, 3)]
+    assert blocker.result(5) == ["1:0.0"] and [f.result(5) for f in futures] == [["2:0.0"], ["3:0.0"]]
     assert engine.batches[1:] == [[2, 3], [2], [3]]
-    batcher.close()
+    engine.limit_samples = 10  # 16 samples do not fit alone, their halves of 8 do; halves of 40 (20) do not
+    assert submit(scheduler, flow, 16).result(5) == ["8:0.0", "8:0.0"]
+    with pytest.raises(SegmentOutOfMemory, match="even split in two"):
+        submit(scheduler, flow, 40).result(5)
+    runner.close()
 
 
-def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on() -> None:
+def test_a_failing_batch_fails_its_callers_and_the_runner_goes_on() -> None:
     engine = RecordingEngine(delay=0)
-    batcher = BatchingRecognizer(engine, batch_size=2)
-    bad = batcher.submit(np.zeros(13), GREEDY)
+    runner, scheduler, flow = runner_with(engine, batch_size=2)
+    bad = submit(scheduler, flow, 13)
     with pytest.raises(ValueError):
         bad.result(5)
-    assert batcher.transcribe(np.zeros(7), GREEDY) == "7:0.0"
-    batcher.close()
-    with pytest.raises(RuntimeError):
-        batcher.submit(np.zeros(1), GREEDY)
+    assert submit(scheduler, flow, 7).result(5) == ["7:0.0"]
+    runner.close()
+    # What arrives after an unload waits for the next runner on the same scheduler (the next load).
+    waiting = submit(scheduler, flow, 5)
+    time.sleep(0.05)
+    assert not waiting.done()
+    second = BatchRunner(engine, 2, scheduler)
+    assert waiting.result(5) == ["5:0.0"]
+    second.close()
 
 
 def test_a_long_file_is_transcribed_in_batches_with_the_same_result(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]

@@ -91,6 +91,6 @@ def test_scale_out_roles_need_redis(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")  # the conventional variable, as compose sets it
     assert parse_args(["--role", "worker"]).redis_url == "redis://redis:6379/0"
     assert parse_args(["--role", "api", "--redis-url", "redis://other:6380/1"]).redis_url == "redis://other:6380/1"
-    # An API's running job only cuts and waits, so many run at once; one process shares one GPU among 2.
-    assert (parse_args([]).job_concurrency, parse_args(["--role", "api"]).job_concurrency) == (2, 32)
-    assert parse_args(["--role", "api", "--concurrent-jobs", "4"]).job_concurrency == 4
+    # Running jobs share the model segment by segment in both modes: many run at once by default.
+    assert (parse_args([]).concurrent_jobs, parse_args(["--role", "api"]).concurrent_jobs) == (32, 32)
+    assert parse_args(["--role", "api", "--concurrent-jobs", "4"]).concurrent_jobs == 4

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import form_upload, services_of, wait_until
+from tests.conftest import form_upload, services_of, use_test_engine, wait_until
 
 
 def scrape(client) -> dict[str, list]:  # type: ignore[no-untyped-def]
@@ -59,7 +60,7 @@ def test_queue_and_running_jobs_are_read_at_scrape_time(make_app, audio_dir: Pat
             time.sleep(0.5)
             return "x"
 
-    services_of(app).models._loader = Slow
+    use_test_engine(app, Slow())
     client = app.test_client()
     for _ in range(3):
         client.post("/transcribe/async", data=form_upload(audio_dir / "speech.wav"))
@@ -68,6 +69,30 @@ def test_queue_and_running_jobs_are_read_at_scrape_time(make_app, audio_dir: Pat
     assert value(live["qwen_omni_running_jobs"], "qwen_omni_running_jobs") == 1
     assert value(live["qwen_omni_queue_depth"], "qwen_omni_queue_depth") == 2
     assert value(live["qwen_omni_model_loaded"], "qwen_omni_model_loaded") == 1
+
+
+def test_segments_waiting_for_the_model_are_counted(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    app = make_app()
+    gate = threading.Event()
+
+    class Gated:
+        """Test double: holds each segment until the test opens the gate."""
+
+        def transcribe(self, samples, options):  # type: ignore[no-untyped-def]
+            gate.wait(10)
+            return "x"
+
+    use_test_engine(app, Gated())
+    client = app.test_client()
+    jobs = [client.post("/transcribe/async", data=form_upload(audio_dir / "speech.wav")).get_json()["job_id"]
+            for _ in range(3)]
+    # Three one-segment jobs run at once: one segment in the model, two waiting for it.
+    wait_until(lambda: value(scrape(client)["qwen_omni_segments_waiting"], "qwen_omni_segments_waiting") == 2)
+    assert value(scrape(client)["qwen_omni_running_jobs"], "qwen_omni_running_jobs") == 3
+    gate.set()
+    for job in jobs:
+        assert services_of(app).jobs.wait(job, 30).status.value == "completed"
+    assert value(scrape(client)["qwen_omni_segments_waiting"], "qwen_omni_segments_waiting") == 0
 
 
 def test_metrics_need_the_api_key_when_one_is_set(make_app) -> None:  # type: ignore[no-untyped-def]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.engine import EngineOutOfMemory
+from serve.generation import EngineOutOfMemory
 from serve.jobs import JobStatus
-from tests.conftest import folder_is_empty, services_of, wait_until
+from tests.conftest import folder_is_empty, services_of, use_test_engine, wait_until
 from tests.conftest import form_upload as upload
 
 
@@ -46,7 +46,7 @@ class OutOfMemoryRecognizer:
 
 
 def use_engine(app, engine) -> None:  # type: ignore[no-untyped-def]
-    services_of(app).models._loader = lambda: engine
+    use_test_engine(app, engine)
 
 
 def test_full_queue_is_503_with_retry_after(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]

@@ -17,8 +17,8 @@ def test_one_worker_with_threads_and_no_recycling() -> None:
 
 
 def test_threads_cover_a_full_queue_of_waiting_clients() -> None:
-    assert gunicorn_options(Settings(queue_depth=32))["threads"] == 66
-    assert gunicorn_options(Settings(queue_depth=100))["threads"] == 134
+    assert gunicorn_options(Settings(queue_depth=32))["threads"] == 96  # 32 waiting + 32 running + 32
+    assert gunicorn_options(Settings(queue_depth=100, concurrent_jobs=2))["threads"] == 134
     assert gunicorn_options(Settings(queue_depth=32, role="api", redis_url="redis://localhost"))["threads"] == 96
     assert gunicorn_options(Settings(queue_depth=32, threads=8))["threads"] == 8
 

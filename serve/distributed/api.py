@@ -11,7 +11,7 @@ from redis.retry import Retry
 
 from ..config import Settings
 from .cluster import Cluster, ClusterModels
-from .dispatch import RemoteTranscriber
+from .dispatch import RemoteDestination
 from .redis_store import PatientStore, RedisJobStore
 
 
@@ -22,7 +22,7 @@ class ApiBackend:
     background_store: PatientStore  # for the job runners and the janitor: waits Redis out
     cluster: Cluster
     models: ClusterModels
-    transcribe: RemoteTranscriber
+    destination: RemoteDestination
 
     @classmethod
     def connect(cls, settings: Settings) -> ApiBackend:
@@ -34,5 +34,5 @@ class ApiBackend:
         cluster = Cluster(client)
         return cls(redis=client, store=store, background_store=PatientStore(store), cluster=cluster,
                    models=ClusterModels(cluster),
-                   transcribe=RemoteTranscriber(client, cluster, Path(settings.segments_dir),
-                                                settings.segments_per_task))
+                   destination=RemoteDestination(client, cluster, Path(settings.segments_dir),
+                                                 settings.segments_per_task).start())

@@ -1,10 +1,20 @@
-"""The API role's job runner: cut the audio here, transcribe it on the workers, reassemble it in order.
+"""The API role's destination: segments from the fair scheduler to the workers as RQ tasks, texts back.
 
-Segments are cut exactly as in the single-process server (pauses, trimming), saved to the shared segments
-folder and queued as RQ tasks of ``segments_per_task`` segments as soon as they are cut, so that several
-workers transcribe one file in parallel. The runner then watches the results: a task whose worker stopped
-heart-beating, that failed, or that Redis lost is queued again (at-least-once); results are keyed by
-segment, so a segment done twice is stored once, and the transcript is assembled in segment order.
+The pipeline is the single process's (:mod:`serve.transcriber`): each job decodes and cuts its file here and
+puts its segments into the same :class:`~serve.scheduler.FairScheduler`. One dispatcher thread then keeps
+the RQ queue short, about one task waiting per live worker (no worker waits for a hand-off, and no segment
+waits behind a backlog of earlier files), and fills it from the scheduler: a short job's segment leaves in
+one of the next tasks, whatever long files are running. A task is at most one batch on a worker (the
+workers' batch size, or ``--segments-per-task``), spread over the live workers, possibly from several jobs
+with the same generation settings; each segment's audio is written to the shared segments folder when its
+task leaves.
+
+The dispatcher then watches what it sent: each segment's raw text lands in its job's results hash (keyed by
+segment, so a segment done twice is stored once). A task whose worker stopped heart-beating, that failed,
+or that Redis lost is queued again (at-least-once), a task of several segments as one task per segment, so
+that a segment that keeps failing fails its own job only: after ``MAX_FAILURES`` raises, or after
+``MAX_WORKER_DEATHS`` workers died on it (a segment that crashes the process would otherwise take every
+worker down in turn).
 """
 
 from __future__ import annotations
@@ -14,7 +24,10 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
+import uuid
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,27 +39,22 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as Task
 from rq.job import JobStatus as TaskStatus
 
-from ..audio import Segment, decode_segments
+from ..audio import Segment
 from ..errors import APIError, JobFailed
-from ..jobs import Job, JobControl, JobFailure
-from ..transcriber import TranscriptionParams, TranscriptionStopped
-from ..transcript import Piece, Transcript
+from ..generation import GenerationOptions
+from ..jobs import JobFailure
+from ..scheduler import FairScheduler, Flow, SegmentRequest
 from .cluster import Cluster
 from .redis_store import PATIENCE_SECONDS, patiently
-from .worker import FAILURE_META, QUEUE, pieces_key, transcribe_task
+from .tasks import FAILURE_META, QUEUE, pieces_key
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.2  # how often a job reads its finished segments
+POLL_SECONDS = 0.05  # how often the dispatcher reads finished segments and refills the queue
 CHECK_SECONDS = 1.0  # how often it looks for lost, failed and orphaned tasks
-# Auto task size: batches for the workers' GPUs, yet enough tasks per worker that one file spreads evenly.
-MAX_AUTO_SEGMENTS_PER_TASK = 8
-TASKS_PER_WORKER = 4
-QUEUED_TTL = 86400  # a task nobody takes in a day leaves Redis (the job re-queues it if it still waits)
-MAX_FAILURES = 3  # a task that raises this often (a dead worker does not count) fails its job
-# A task whose worker dies this often fails its job: a segment that crashes the process (the kernel's OOM
-# killer, a GPU fault) would otherwise take every worker down in turn, for ever.
-MAX_WORKER_DEATHS = 3
+QUEUED_TTL = 86400  # a task nobody takes in a day leaves Redis (the dispatcher queues it again)
+MAX_FAILURES = 3  # a segment whose task raises this often (a dead worker does not count) fails its job
+MAX_WORKER_DEATHS = 3  # a segment whose workers die this often fails its job
 TASK_TIMEOUT = 3600  # seconds a worker may spend on one task before RQ stops it
 
 
@@ -58,218 +66,305 @@ class TaskFailed(APIError):
 
 
 class WorkerDied(APIError):
-    """The workers running a task kept dying (not raising) on it."""
+    """The workers running a segment kept dying (not raising) on it."""
 
     status = 500
     code = "worker_died"
 
 
 class StoreLost(APIError):
-    """Redis stayed unreachable longer than a job waits for it."""
+    """Redis stayed unreachable longer than a job waits for it, or refused a command."""
 
     status = 503
     code = "store_unavailable"
 
 
-@dataclass
-class _Task:
-    """A few consecutive segments of one job, handed to one worker; queued again under a new RQ id."""
+def store_lost(exc: redis.RedisError) -> StoreLost:
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return StoreLost(f"Redis was unreachable for more than {PATIENCE_SECONDS:.0f} s ({exc}); submit the file "
+                         "again")
+    # Reachable but refusing: out of memory, a read-only replica.
+    return StoreLost(f"Redis refused a command ({type(exc).__name__}: {exc}); check the Redis server's log, then "
+                     "submit the file again")
 
+
+@dataclass(eq=False)
+class _Entry:
+    """A segment on its way through the workers."""
+
+    request: SegmentRequest
     job_id: str
-    number: int
-    segments: list[dict[str, Any]]
-    attempt: int = 0
+    index: int
     failures: int = 0
     worker_deaths: int = 0
 
     @property
-    def rq_id(self) -> str:
-        return f"{self.job_id}-{self.number}-{self.attempt}"
+    def file(self) -> str:
+        # Relative to the segments folder: each worker may mount it somewhere else.
+        return f"{self.job_id}/{self.index}.npy"
+
+    def describe(self) -> dict[str, Any]:
+        return {"job": self.job_id, "index": self.index, "file": self.file, "start": self.request.start,
+                "end": self.request.end}
+
+    def where(self) -> str:
+        return f"the segment at {self.request.start:.1f}-{self.request.end:.1f} s"
 
 
-def _describe(segment: Segment) -> dict[str, Any]:
-    return {"index": segment.index, "start": segment.start, "end": segment.end, "cut_start": segment.cut_start,
-            "cut_end": segment.cut_end, "silent": segment.is_silent()}
+@dataclass(eq=False)
+class _Task:
+    """Segments handed to one worker as one RQ task; queued again under a new id."""
+
+    entries: list[_Entry]
+    options: GenerationOptions
+    rq_id: str = ""
 
 
-class RemoteTranscriber:
-    """``(job, control) -> Transcript`` on the workers; one call per job, on a job-queue thread."""
+class RemoteDestination:
+    """Segments go to the scale-out workers."""
 
-    def __init__(self, client: redis.Redis, cluster: Cluster, segments_dir: Path, segments_per_task: int) -> None:
+    def __init__(self, client: redis.Redis, cluster: Cluster, segments_dir: Path, segments_per_task: int = 0, *,
+                 poll_seconds: float = POLL_SECONDS, check_seconds: float = CHECK_SECONDS) -> None:
         self.redis = client
         self.cluster = cluster
         self.queue = Queue(QUEUE, connection=client)
         self.segments_dir = Path(segments_dir)
         self.segments_per_task = segments_per_task
+        self.scheduler = FairScheduler()
+        self.poll_seconds = poll_seconds
+        self.check_seconds = check_seconds
+        self._tasks: dict[str, _Task] = {}  # sent and not yet answered, by RQ id
+        self._live: list[dict[str, Any]] = []  # the live workers' heartbeats, read at each check
+        self._lock = threading.RLock()  # the dispatcher's rounds and a job's departure do not interleave
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="segment-dispatcher", daemon=True)
 
-    def __call__(self, job: Job, control: JobControl) -> Transcript:
-        return _Dispatch(self, job, control).run()
+    def start(self) -> RemoteDestination:
+        self._thread.start()
+        return self
 
+    # -- the pipeline's side -------------------------------------------------------------------------------
 
-class _Dispatch:
-    """One job's segments on their way through the workers."""
-
-    def __init__(self, owner: RemoteTranscriber, job: Job, control: JobControl) -> None:
-        self.owner = owner
-        self.redis = owner.redis
-        self.job = job
-        self.control = control
-        self.params = TranscriptionParams(**job.params)
-        self.folder = owner.segments_dir / job.id
-        self.order: list[dict[str, Any]] = []  # every segment, silent ones too, in file order
-        self.tasks: list[_Task] = []
-        self.results: dict[int, dict[str, Any]] = {}
-        self.reported = 0  # segments reported to the job's progress, in order
-        self.expected = (math.ceil(job.audio_duration / self.params.segment_duration)
-                         if job.audio_duration else None)
-        self.per_task = owner.segments_per_task  # 0: sized in run(), where Redis errors are handled
-
-    def _auto_task_size(self) -> int:
-        if not self.expected:
-            return 1
-        workers = max(1, len(patiently(self.owner.cluster.workers)))
-        return max(1, min(MAX_AUTO_SEGMENTS_PER_TASK, math.ceil(self.expected / (workers * TASKS_PER_WORKER))))
-
-    def run(self) -> Transcript:
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def open_lane(self, job_id: str, *, waiting_client: bool) -> _RemoteLane:
+        (self.segments_dir / job_id).mkdir(parents=True, exist_ok=True)
         try:
-            patiently(lambda: self.redis.delete(pieces_key(self.job.id)))  # a re-run starts clean
-            self.per_task = self.per_task or self._auto_task_size()
-            pending: list[dict[str, Any]] = []
-            for segment in decode_segments(self.job.input_path, self.params.segment_duration, self.folder):
-                self._check_stop()
-                entry = _describe(segment)
-                self.order.append(entry)
-                if not entry["silent"]:
-                    # Relative to the segments folder: each worker may mount it somewhere else.
-                    entry["file"] = f"{self.job.id}/{segment.index}.npy"
-                    np.save(self.owner.segments_dir / entry["file"], segment.samples)
-                    pending.append(entry)
-                if len(pending) >= self.per_task:
-                    self._enqueue(_Task(self.job.id, len(self.tasks), pending))
-                    pending = []
-                self._collect()
-            if pending:
-                self._enqueue(_Task(self.job.id, len(self.tasks), pending))
-            last_check = time.monotonic()
-            while self._outstanding():
-                time.sleep(POLL_SECONDS)
-                self._check_stop()
-                self._collect()
-                if time.monotonic() - last_check >= CHECK_SECONDS:
-                    last_check = time.monotonic()
-                    live = patiently(self.owner.cluster.rq_workers)
-                    for task in self._outstanding():
-                        self._check(task, live)
-            pieces = [Piece(r["start"], r["end"], r["text"])
-                      for r in (self.results[e["index"]] for e in self.order if not e["silent"])]
-            for task in self.tasks:
-                if task.attempt > 1:
-                    self._withdraw(task)  # a repeat that is still queued is no longer needed
-            return Transcript(pieces=tuple(pieces), duration=self.order[-1]["cut_end"] if self.order else 0.0)
-        except BaseException as exc:
-            for task in self.tasks:
+            patiently(lambda: self.redis.delete(pieces_key(job_id)))  # a re-run starts clean
+        except redis.RedisError as exc:
+            raise store_lost(exc) from exc
+        return _RemoteLane(self, job_id, self.scheduler.open_flow(job_id, waiting_client=waiting_client))
+
+    def capacity(self) -> int:
+        """Segments the workers transcribe at once."""
+        return max(1, len(self._live)) * self._max_task_size()
+
+    def forget(self, job_id: str) -> None:
+        """A job is done: stop watching its segments, withdraw tasks that only it still needed, remove its files."""
+        with self._lock:
+            abandoned = []
+            for task in list(self._tasks.values()):
+                task.entries = [e for e in task.entries if e.job_id != job_id]
+                if not task.entries:
+                    abandoned.append(self._tasks.pop(task.rq_id))
+            for task in abandoned:
                 self._withdraw(task)
-            if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-                raise StoreLost(f"Redis was unreachable for more than {PATIENCE_SECONDS:.0f} s ({exc}); "
-                                "submit the file again") from exc
-            if isinstance(exc, redis.RedisError):  # reachable but refusing: out of memory, read-only replica
-                raise StoreLost(f"Redis refused a command ({type(exc).__name__}: {exc}); check the Redis "
-                                "server's log, then submit the file again") from exc
-            raise
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            shutil.rmtree(self.segments_dir / job_id, ignore_errors=True)
             with contextlib.suppress(redis.RedisError):  # else the key goes when the job record expires
-                self.redis.delete(pieces_key(self.job.id))
+                self.redis.delete(pieces_key(job_id))
 
-    def _check_stop(self) -> None:
-        if self.control.should_stop():
-            raise TranscriptionStopped()
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
-    def _outstanding(self) -> list[_Task]:
-        return [t for t in self.tasks if any(s["index"] not in self.results for s in t.segments)]
+    # -- the dispatcher ------------------------------------------------------------------------------------
 
-    def _enqueue(self, task: _Task) -> None:
-        task.attempt += 1
-        if task.attempt == 1:
-            self.tasks.append(task)
-        # A retried task goes to the front: its job is waiting for it, and the job's other segments are done.
-        patiently(lambda: self.owner.queue.enqueue(
-            transcribe_task, self.job.id, task.segments, asdict(self.params), job_id=task.rq_id,
-            job_timeout=TASK_TIMEOUT, ttl=QUEUED_TTL, result_ttl=300, failure_ttl=3600, at_front=task.attempt > 1,
-            description=f"job {self.job.id} segments {task.segments[0]['index']}-{task.segments[-1]['index']}"))
+    def _loop(self) -> None:
+        last_check = 0.0
+        while not self._stop.is_set():
+            try:
+                check = time.monotonic() - last_check >= self.check_seconds
+                if check:
+                    last_check = time.monotonic()
+                self.run_round(check=check)
+            except redis.RedisError as exc:  # unreachable past our patience, or refusing commands
+                log.error("the segment dispatcher lost Redis (%s): failing the segments in flight", exc)
+                self._fail_everything(store_lost(exc))
+            except Exception:  # never let the one dispatcher die: jobs would wait for ever
+                log.exception("the segment dispatcher failed a round; going on")
+            self._stop.wait(self.poll_seconds)
 
-    def _withdraw(self, task: _Task) -> None:
-        """Take every attempt of ``task`` that no worker has started off the queue, and out of Redis."""
-        for attempt in range(1, task.attempt + 1):
-            with contextlib.suppress(NoSuchJobError, InvalidJobOperation, redis.RedisError):  # best effort
-                rq_task = Task.fetch(f"{task.job_id}-{task.number}-{attempt}", connection=self.redis)
-                if rq_task.get_status() in (TaskStatus.QUEUED, TaskStatus.DEFERRED, TaskStatus.SCHEDULED):
-                    rq_task.delete(remove_from_queue=True)
+    def run_round(self, *, check: bool = True) -> None:
+        """One round: answer what has arrived, look for lost and orphaned tasks (``check``), refill the queue."""
+        with self._lock:
+            self._collect(list(self._tasks.values()))
+            if check:
+                self._live = patiently(self.cluster.workers)
+                self._check()
+            self._release()
 
-    def _collect(self) -> None:
-        """Read the newly finished segments and report, in file order, every one up to the first still missing."""
-        missing = [e["index"] for e in self.order if not e["silent"] and e["index"] not in self.results]
-        if missing:
-            texts = patiently(lambda: self.redis.hmget(pieces_key(self.job.id), [str(i) for i in missing]))
-            self.results.update({i: json.loads(v) for i, v in zip(missing, texts, strict=True) if v is not None})
-        while self.reported < len(self.order):
-            entry = self.order[self.reported]
-            piece = None
-            if not entry["silent"]:
-                if entry["index"] not in self.results:
-                    break
-                result = self.results[entry["index"]]
-                piece = {"start": result["start"], "end": result["end"], "text": result["text"]}
-            self.reported += 1
-            total = max(self.expected, self.reported) if self.expected else None
-            self.control.report(self.reported, total, entry["cut_end"], piece)
+    def _max_task_size(self) -> int:
+        if self.segments_per_task:
+            return self.segments_per_task
+        # One batch on the smallest loaded worker; until a worker has loaded its model, one segment.
+        sizes = [beat["batch_size"] for beat in self._live if beat.get("batch_size")]
+        return min(sizes) if sizes else 1
 
-    def _check(self, task: _Task, live_rq_workers: set[str]) -> None:
-        """Queue ``task`` again if Redis lost it, it failed, or its worker stopped heart-beating."""
+    def _release(self) -> None:
+        """Refill the RQ queue from the scheduler, up to one task waiting per live worker."""
+        target = max(1, len(self._live))
+        queued = patiently(lambda: self.queue.count)
+        while queued < target:
+            waiting = self.scheduler.waiting
+            if not waiting:
+                return
+            # Spread what waits over the free places (one file over all the workers), one batch per task at most.
+            size = min(self._max_task_size(), math.ceil(waiting / (target - queued)))
+            batch = self.scheduler.next_batch(size, timeout=0)
+            if not batch:
+                return
+            self._send(batch)
+            queued += 1
+
+    def _send(self, batch: list[SegmentRequest]) -> None:
+        entries = [_Entry(request, str(request.flow.key), request.meta["index"]) for request in batch]
         try:
-            rq_task = patiently(lambda: Task.fetch(task.rq_id, connection=self.redis))
-            status = patiently(rq_task.get_status)
-        except (NoSuchJobError, InvalidJobOperation):
-            log.warning("task %s was lost (Redis restarted?): queuing it again", task.rq_id)
-            self._enqueue(task)
+            for entry in entries:
+                np.save(self.segments_dir / entry.file, entry.request.samples)
+                entry.request.samples = None  # on disk now: the API holds only what still waits
+            self._enqueue(_Task(entries, batch[0].options), front=any(r.flow.waiting_client for r in batch))
+        except Exception as exc:
+            failure = store_lost(exc) if isinstance(exc, redis.RedisError) else exc
+            for entry in entries:
+                _resolve(entry, failure)
+            if isinstance(exc, redis.RedisError):
+                raise
+
+    def _enqueue(self, task: _Task, *, front: bool) -> None:
+        task.rq_id = f"{task.entries[0].job_id}-{uuid.uuid4().hex[:12]}"
+        segments = [entry.describe() for entry in task.entries]
+        described = ", ".join(f"job {e.job_id} segment {e.index}" for e in task.entries)
+        patiently(lambda: self.queue.enqueue(
+            "serve.distributed.worker.transcribe_task", segments, asdict(task.options), job_id=task.rq_id,
+            job_timeout=TASK_TIMEOUT, ttl=QUEUED_TTL, result_ttl=300, failure_ttl=3600, at_front=front,
+            description=described[:500]))
+        self._tasks[task.rq_id] = task
+
+    def _collect(self, tasks: list[_Task]) -> None:
+        """Answer every segment of ``tasks`` whose text has arrived; forget tasks with nothing left to wait for."""
+        wanted: dict[str, list[_Entry]] = {}
+        for task in tasks:
+            for entry in task.entries:
+                wanted.setdefault(entry.job_id, []).append(entry)
+        if not wanted:
             return
-        if status == TaskStatus.FAILED:
-            self._failed(task, rq_task)
-        elif status == TaskStatus.STARTED:
-            owners = self._owners(rq_task)
-            # Read the live workers again before judging: a worker that started since the last read has
-            # announced itself before taking this task.
-            if owners and not live_rq_workers.intersection(owners) and \
-                    not patiently(self.owner.cluster.rq_workers).intersection(owners):
-                self._worker_died(task, f"worker {owners[0]} stopped heart-beating")
+
+        def read() -> list[list[bytes | None]]:
+            pipe = self.redis.pipeline(transaction=False)  # built anew on each try: a failed pipeline is reset
+            for job_id, entries in wanted.items():
+                pipe.hmget(pieces_key(job_id), [str(e.index) for e in entries])
+            return pipe.execute()
+
+        arrived: set[int] = set()
+        for entries, values in zip(wanted.values(), patiently(read), strict=True):
+            for entry, value in zip(entries, values, strict=True):
+                if value is not None:
+                    _resolve(entry, json.loads(value)["parts"])
+                    arrived.add(id(entry))
+        for task in tasks:
+            task.entries = [e for e in task.entries if id(e) not in arrived]
+            if not task.entries:
+                self._tasks.pop(task.rq_id, None)
+
+    def _check(self) -> None:
+        """Queue a task again if Redis lost it, it failed, or its worker stopped heart-beating."""
+        live = {beat["rq_worker"] for beat in self._live if beat.get("rq_worker")}
+        for task in list(self._tasks.values()):
+            try:
+                rq_task = patiently(lambda t=task: Task.fetch(t.rq_id, connection=self.redis))
+                status = patiently(rq_task.get_status)
+            except (NoSuchJobError, InvalidJobOperation):
+                log.warning("task %s was lost (Redis restarted?): queuing it again", task.rq_id)
+                self._retry(task, counts=None, reason="lost")
+                continue
+            if status == TaskStatus.FAILED:
+                self._failed(task, rq_task)
+            elif status == TaskStatus.STARTED:
+                owners = self._owners(rq_task)
+                # Read the live workers again before judging: a worker that started since the last read has
+                # announced itself before taking this task.
+                if owners and not live.intersection(owners) and \
+                        not patiently(self.cluster.rq_workers).intersection(owners):
+                    self._worker_died(task, f"worker {owners[0]} stopped heart-beating")
+            elif status == TaskStatus.FINISHED:
+                self._collect([task])  # its texts may have landed since this round's read
+                if task.entries:
+                    log.warning("task %s finished without %d of its segments: queuing them again", task.rq_id,
+                                len(task.entries))
+                    self._retry(task, counts=None, reason="finished without results")
 
     def _failed(self, task: _Task, rq_task: Task) -> None:
-        """A task raised on its worker: try it again (another worker may do better), at most MAX_FAILURES times."""
+        """A task raised on its worker: try again (another worker may do better), at most MAX_FAILURES times."""
         result = patiently(rq_task.latest_result)
         lines = (result.exc_string or "").strip().splitlines() if result else []
         reason = lines[-1] if lines else "unknown error"
         if "AbandonedJobError" in reason:  # RQ's word for a worker that died
             self._worker_died(task, "RQ found it abandoned by its worker")
             return
-        task.failures += 1
-        if task.failures >= MAX_FAILURES:
-            failure = rq_task.meta.get(FAILURE_META)
+        failure = rq_task.meta.get(FAILURE_META)
+        log.warning("task %s failed (%s)", task.rq_id, reason)
+
+        def give_up(entry: _Entry) -> Exception:
             if failure:  # the worker's own account, with the code and status the single process would give
-                raise JobFailed(JobFailure(**failure))
-            raise TaskFailed(f"transcription failed on the workers {task.failures} times; see their logs")
-        log.warning("task %s failed (%s): queuing it again", task.rq_id, reason)
-        self._enqueue(task)
+                return JobFailed(JobFailure(**failure))
+            return TaskFailed(f"transcription of {entry.where()} failed on the workers {entry.failures} times; see "
+                              "their logs")
+
+        self._retry(task, counts="failures", reason=reason, give_up=give_up)
 
     def _worker_died(self, task: _Task, how: str) -> None:
-        """The worker running ``task`` died: another one takes it, unless that keeps happening."""
-        task.worker_deaths += 1
-        if task.worker_deaths >= MAX_WORKER_DEATHS:
-            raise WorkerDied(f"segments {task.segments[0]['index']}-{task.segments[-1]['index']} took down "
-                             f"{task.worker_deaths} workers (last: {how}); they may crash the worker process: see "
-                             "the workers' logs (out of memory, GPU errors)")
-        log.warning("task %s: %s: queuing it again", task.rq_id, how)
-        self._enqueue(task)
+        def give_up(entry: _Entry) -> Exception:
+            return WorkerDied(f"{entry.where()} took down {entry.worker_deaths} workers (last: {how}); it may crash "
+                              "the worker process: see the workers' logs (out of memory, GPU errors)")
+
+        log.warning("task %s: %s", task.rq_id, how)
+        self._retry(task, counts="worker_deaths", reason=how, give_up=give_up)
+
+    def _retry(self, task: _Task, *, counts: str | None, reason: str, give_up: Any = None) -> None:
+        """Queue ``task``'s segments again at the front, each alone if there were several (so that one that keeps
+        failing fails only its job); a segment over its limit fails instead."""
+        self._tasks.pop(task.rq_id, None)
+        limits = {"failures": MAX_FAILURES, "worker_deaths": MAX_WORKER_DEATHS}
+        again = []
+        for entry in task.entries:
+            if counts is not None:
+                setattr(entry, counts, getattr(entry, counts) + 1)
+                if getattr(entry, counts) >= limits[counts]:
+                    _resolve(entry, give_up(entry))
+                    continue
+            again.append(entry)
+        groups = [[entry] for entry in again] if len(task.entries) > 1 else ([again] if again else [])
+        for group in groups:
+            self._enqueue(_Task(group, task.options), front=True)
+        if again:
+            log.info("queued %d segment(s) of task %s again (%s)", len(again), task.rq_id, reason)
+
+    def _withdraw(self, task: _Task) -> None:
+        """Take ``task`` off the queue if no worker has started it (best effort)."""
+        with contextlib.suppress(NoSuchJobError, InvalidJobOperation, redis.RedisError):
+            rq_task = Task.fetch(task.rq_id, connection=self.redis)
+            if rq_task.get_status() in (TaskStatus.QUEUED, TaskStatus.DEFERRED, TaskStatus.SCHEDULED):
+                rq_task.delete(remove_from_queue=True)
+
+    def _fail_everything(self, failure: Exception) -> None:
+        """Redis is gone past our patience: every segment in flight or waiting fails with ``failure``."""
+        with self._lock:
+            tasks, self._tasks = list(self._tasks.values()), {}
+            for task in tasks:
+                for entry in task.entries:
+                    _resolve(entry, failure)
+            while batch := self.scheduler.next_batch(64, timeout=0):
+                for request in batch:
+                    request.future.set_exception(failure)
 
     @staticmethod
     def _owners(rq_task: Task) -> list[str]:
@@ -278,3 +373,31 @@ class _Dispatch:
             return [execution.worker_name for execution in patiently(rq_task.get_executions)]
         except ValueError:  # RQ: an execution ended between listing and reading it
             return []
+
+
+def _resolve(entry: _Entry, outcome: list[str] | BaseException) -> None:
+    future: Future[list[str]] = entry.request.future
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class _RemoteLane:
+    def __init__(self, destination: RemoteDestination, job_id: str, flow: Flow) -> None:
+        self._destination = destination
+        self._job_id = job_id
+        self._flow = flow
+
+    def submit(self, segment: Segment, options: GenerationOptions) -> Future[list[str]]:
+        return self._destination.scheduler.submit(self._flow, segment.samples, options, start=segment.start,
+                                                  end=segment.end, index=segment.index).future
+
+    def lookahead(self) -> int:
+        return self._destination.scheduler.lookahead(self._destination.capacity())
+
+    def close(self) -> None:
+        self._destination.scheduler.close_flow(self._flow)
+        self._destination.forget(self._job_id)

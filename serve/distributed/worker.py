@@ -2,10 +2,12 @@
 
 ``python3 serve/qwen2_5_omni_awq.py --role worker --redis-url redis://…`` runs an RQ ``SimpleWorker`` (no
 fork: the model stays loaded between tasks, and CUDA does not survive a fork) on the segments queue.
-A task is a few segments of one job, saved by the API as .npy files in the shared segments folder; the
-worker transcribes them as one batch and writes each piece to the job's results hash. Writes are
+A task is a batch of segments (from one job or several with the same generation settings), chosen by the
+API's fair scheduler and saved by it as .npy files in the shared segments folder. The worker transcribes
+them the single process's way (its own scheduler and batch runner: one batch, out-of-memory retries) and
+writes each segment's raw text to its job's results hash; the API does the post-processing. Writes are
 idempotent (keyed by segment), so a task run twice, after a worker died mid-task, does no harm.
-A heartbeat key with a short expiry tells the API which workers are alive and what they run.
+A heartbeat key with a short expiry tells the API which workers are alive, what they run and their batch size.
 """
 
 from __future__ import annotations
@@ -26,29 +28,23 @@ import numpy as np
 import redis
 from rq import Queue, SimpleWorker, get_current_job
 
-from ..audio import Segment
 from ..config import Settings
 from ..errors import failure_of
+from ..generation import GenerationOptions
+from ..local import MODEL_NAME, close_runner, engine_loader
 from ..model_manager import ModelManager, gpu_memory_bytes
-from ..transcriber import TranscriptionParams, segment_text, submit_segment
+from ..scheduler import FairScheduler
 from .cluster import WORKER_NAMES, heartbeat_key
-from .redis_store import RedisJobStore, patiently, redis_key
+from .redis_store import RedisJobStore, patiently
+from .tasks import FAILURE_META, QUEUE, pieces_key
 
 log = logging.getLogger(__name__)
 
-QUEUE = "qwen-segments"
 HEARTBEAT_SECONDS = 1.0
 # A worker silent this long is dead and its task goes to another worker. Generous against a busy GIL: a
 # late heartbeat only costs a segment transcribed twice.
 HEARTBEAT_TTL = 10
 RECONNECT_SECONDS = 1.0
-
-
-FAILURE_META = "failure"  # a failed task's JobFailure, in its RQ meta
-
-
-def pieces_key(job_id: str) -> str:
-    return redis_key("job", job_id, "pieces")
 
 
 @dataclass
@@ -59,12 +55,14 @@ class WorkerContext:
     models: ModelManager
     redis: redis.Redis
     segments_dir: Path
+    scheduler: FairScheduler = field(default_factory=FairScheduler)
     device: str = "cpu"  # as /health shows it: "cuda:1 NVIDIA H200"
     device_setting: str = "cpu"  # as --device gave it: "cuda:1"
     checkpoint: str = ""
     idle_timeout: float = 0.0
     rq_name: str = ""  # the RQ worker's current name: a new one after each reconnection
     current_task: str | None = None
+    batch_size: int | None = None  # the loaded model's; the API sizes tasks by it
     started: float = field(default_factory=time.time)
     # One heartbeat built and written at a time: a beat built before rq_name changed must not land after the
     # beat that announces the new name (the API would take the new name's task for orphaned).
@@ -77,6 +75,7 @@ class WorkerContext:
                 "checkpoint": self.checkpoint, "idle_timeout": self.idle_timeout,
                 "model_loaded": self.models.loaded, "model_state": self.models.state.value,
                 "model_error": self.models.last_error, "current_task": self.current_task,
+                "batch_size": self.batch_size,
                 "load_count": self.models.load_count, "unload_count": self.models.unload_count,
                 **_gpu_memory(self.device_setting), "rq_worker": self.rq_name, "started": self.started,
                 "seen": time.time(),
@@ -90,32 +89,43 @@ class WorkerContext:
 _context: WorkerContext | None = None
 
 
-def transcribe_task(job_id: str, segments: list[dict[str, Any]], params: dict[str, Any]) -> int:
-    """RQ task: transcribe ``segments`` (index, file, start, end, cut_start, cut_end) of job ``job_id``.
+def transcribe_task(segments: list[dict[str, Any]], options: dict[str, Any]) -> int:
+    """RQ task: transcribe ``segments`` (job, index, file, start, end), generated as one batch with ``options``.
 
-    Returns how many segments it transcribed (0 when the job has finished meanwhile: cancelled, failed).
+    Segments of jobs that have finished meanwhile (cancelled, failed) are skipped. Returns how many segments
+    it transcribed.
     """
     context = _context
     if context is None:
         raise RuntimeError("transcribe_task runs only inside a worker started by serve.distributed.worker.run")
-    if not patiently(lambda: RedisJobStore(context.redis).is_unfinished(job_id)):
-        log.info("job %s has finished meanwhile: skipping its segments", job_id)
-        return 0
+    store = RedisJobStore(context.redis)
+    unfinished = {job: patiently(lambda job=job: store.is_unfinished(job)) for job in {s["job"] for s in segments}}
     task = get_current_job()
     context.current_task = task.id if task else None
-    p = TranscriptionParams(**params)
     started = time.monotonic()
     try:
-        loaded = [Segment(s["index"], s["start"], s["end"], np.load(context.segments_dir / s["file"]),
-                          s["cut_start"], s["cut_end"]) for s in segments]
-        with context.models.use() as recognizer:
-            futures = [submit_segment(recognizer, segment.samples, p.generation) for segment in loaded]
-            for segment, future in zip(loaded, futures, strict=True):
-                text = segment_text(recognizer, segment, future, p)
-                piece = json.dumps({"start": segment.start, "end": segment.end, "text": text, "worker": context.name},
-                                   ensure_ascii=False)
-                patiently(lambda index=segment.index, value=piece:
-                          context.redis.hset(pieces_key(job_id), str(index), value))
+        wanted = []
+        for s in segments:
+            samples = _load(context.segments_dir / s["file"], store, s["job"]) if unfinished[s["job"]] else None
+            if samples is not None:
+                wanted.append((s, samples))
+        if len(wanted) < len(segments):
+            log.info("skipping %d segment(s) of jobs that have finished meanwhile", len(segments) - len(wanted))
+        if not wanted:
+            return 0
+        with context.models.use() as runner:
+            context.batch_size = runner.batch_size
+            flow = context.scheduler.open_flow(context.current_task or "task")
+            try:
+                requests = [context.scheduler.submit(flow, samples, GenerationOptions(**options), start=s["start"],
+                                                     end=s["end"]) for s, samples in wanted]
+                for (s, _samples), request in zip(wanted, requests, strict=True):
+                    piece = json.dumps({"parts": request.future.result(), "worker": context.name},
+                                       ensure_ascii=False)
+                    patiently(lambda s=s, piece=piece:
+                              context.redis.hset(pieces_key(s["job"]), str(s["index"]), piece))
+            finally:
+                context.scheduler.close_flow(flow)
     except Exception as exc:
         # What the job's client is told, as the single process would say it (code, HTTP status, message);
         # the traceback stays in this worker's log.
@@ -126,9 +136,22 @@ def transcribe_task(job_id: str, segments: list[dict[str, Any]], params: dict[st
         raise
     finally:
         context.current_task = None
-    log.info("job %s: segments %d-%d (%.1f s of audio) in %.2f s", job_id, segments[0]["index"],
-             segments[-1]["index"], sum(s["cut_end"] - s["cut_start"] for s in segments), time.monotonic() - started)
-    return len(segments)
+    seconds = time.monotonic() - started
+    for job in dict.fromkeys(s["job"] for s, _ in wanted):
+        done = [s for s, _ in wanted if s["job"] == job]
+        log.info("job %s: segments %s (%.1f s of audio) in %.2f s", job, ",".join(str(s["index"]) for s in done),
+                 sum(s["end"] - s["start"] for s in done), seconds)
+    return len(wanted)
+
+
+def _load(path: Path, store: RedisJobStore, job_id: str) -> np.ndarray | None:
+    """A segment's audio; None when its file is gone because its job has just finished."""
+    try:
+        return np.load(path)
+    except FileNotFoundError:
+        if not patiently(lambda: store.is_unfinished(job_id)):
+            return None
+        raise
 
 
 def _gpu_memory(device: str) -> dict[str, float]:
@@ -180,22 +203,22 @@ def _claim(client: redis.Redis, name: str) -> None:
 def run(settings: Settings) -> None:
     """Serve tasks until SIGTERM/SIGINT (a warm stop: the task in hand finishes first)."""
     global _context
-    from ..services import close_recognizer, engine_loader
-
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     # RQ gives its own connection a socket timeout longer than its blocking wait on the queue.
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)  # type: ignore[arg-type]
-    models = ModelManager(engine_loader(settings), unloader=close_recognizer, idle_timeout=settings.idle_timeout,
-                          name="Qwen2.5-Omni thinker")
+    scheduler = FairScheduler()
+    models = ModelManager(engine_loader(settings, scheduler), unloader=close_runner,
+                          idle_timeout=settings.idle_timeout, name=MODEL_NAME)
     patiently(lambda: _claim(client, name))
-    context = _context = WorkerContext(name=name, models=models, redis=client,
+    context = _context = WorkerContext(name=name, models=models, redis=client, scheduler=scheduler,
                                        segments_dir=Path(settings.segments_dir), device=_device_name(settings),
                                        device_setting=settings.device,
                                        checkpoint=settings.checkpoint_path, idle_timeout=settings.idle_timeout)
     stop = threading.Event()
     threading.Thread(target=_beat, args=(context, stop), name="heartbeat", daemon=True).start()
     if settings.preload:
-        models.preload()
+        with models.use() as runner:
+            context.batch_size = runner.batch_size
     log.info("worker %s (%s) taking tasks from %s at %s", name, context.device, QUEUE, settings.redis_url)
     try:
         while True:

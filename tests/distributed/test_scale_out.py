@@ -234,3 +234,26 @@ def test_cancelling_a_job_withdraws_its_queued_segments(cluster: Cluster, refere
         assert time.monotonic() < deadline, "segments of a cancelled job are still queued or running"
         time.sleep(0.1)
     assert not (cluster.root / "data" / "segments" / job_id).exists()
+
+
+def test_a_short_request_overtakes_the_queued_segments_of_long_jobs(cluster: Cluster, reference: tuple,
+                                                                   audio_dir: Path) -> None:
+    audio, _ = reference
+    long_jobs = [cluster.submit(audio, **SLOW) for _ in range(3)]  # 18 slow segments for 2 workers
+    deadline = time.monotonic() + 60
+    while cluster.busy_worker() is None:
+        assert time.monotonic() < deadline, "no worker took a segment"
+        time.sleep(0.02)
+    try:
+        short = transcribe(cluster.api.url, audio_dir / "speech.wav", segment_duration="10", temperature="0")
+        statuses = [requests.get(f"{cluster.api.url}/status/{job}", timeout=10).json() for job in long_jobs]
+        assert all(s["status"] == "processing" for s in statuses), statuses  # it did not wait for them
+        assert sum(s["progress"]["segments_done"] for s in statuses) < 18 - 2
+        assert short["segments"]
+    finally:
+        for job in long_jobs:
+            requests.delete(f"{cluster.api.url}/jobs/{job}", timeout=10)
+        deadline = time.monotonic() + 30
+        while any(w["current_task"] for w in cluster.live_workers()):
+            assert time.monotonic() < deadline, "the cancelled jobs' segments kept running"
+            time.sleep(0.1)

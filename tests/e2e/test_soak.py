@@ -24,5 +24,5 @@ def test_short_soak(tmp_path: Path) -> None:
     assert summary["requests"] == 80
     assert summary["lost"] == 0 and summary["server_errors_500"] == 0 and summary["non_json"] == 0
     assert summary["unexpected_status"] == 0
-    assert summary["busy_503"] > 0  # 12 clients on a queue of 4: back-pressure was exercised
+    assert summary["busy_503"] > 0  # 12 clients, 4 jobs running and 4 waiting: back-pressure was exercised
     assert summary["health_probes"] > 0

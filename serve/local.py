@@ -1,0 +1,82 @@
+"""This process's model as the pipeline's destination: the loader, and lanes into the shared scheduler.
+
+The single-process server, each scale-out worker and the direct tools all transcribe this way. The model
+manager loads a :class:`~serve.batching.BatchRunner` on first use; every job's lane feeds the same
+:class:`~serve.scheduler.FairScheduler`, which the runner (the one caller of the model) takes batches from.
+A lane takes the model at its job's first segment of speech and holds it until the job is done, so the
+idle timer never unloads it between segments, and a silent file never loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import ExitStack
+
+from .audio import Segment
+from .batching import BatchRunner
+from .checkpoint import resolve_checkpoint
+from .config import APP_DIR, Settings
+from .generation import GenerationOptions
+from .model_manager import ModelManager
+from .scheduler import FairScheduler, Flow
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "Qwen2.5-Omni thinker"
+
+
+def engine_loader(settings: Settings, scheduler: FairScheduler) -> Callable[[], BatchRunner]:
+    """Load the checkpoint the settings name and start a runner taking batches from ``scheduler``."""
+
+    def load() -> BatchRunner:
+        from .engine import QwenOmniEngine  # torch and transformers, only where a model is loaded
+
+        checkpoint = resolve_checkpoint(settings.checkpoint_path, local_only=settings.local_model,
+                                        models_dir=settings.models_dir, app_dir=APP_DIR)
+        engine = QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
+                                     low_vram=settings.low_vram)
+        batch_size = settings.batch_size or engine.suggest_batch_size(settings.segment_duration,
+                                                                      settings.max_new_tokens)
+        log.info("generating up to %d segments per batch", batch_size)
+        return BatchRunner(engine, batch_size, scheduler)
+
+    return load
+
+
+def close_runner(runner: BatchRunner) -> None:
+    runner.close()
+
+
+class LocalDestination:
+    """Segments go to this process's model."""
+
+    def __init__(self, models: ModelManager[BatchRunner], scheduler: FairScheduler) -> None:
+        self.models = models
+        self.scheduler = scheduler
+
+    def open_lane(self, job_id: str, *, waiting_client: bool) -> _LocalLane:
+        return _LocalLane(self, self.scheduler.open_flow(job_id, waiting_client=waiting_client))
+
+
+class _LocalLane:
+    def __init__(self, destination: LocalDestination, flow: Flow) -> None:
+        self._destination = destination
+        self._flow = flow
+        self._held = ExitStack()
+        self._runner: BatchRunner | None = None
+
+    def submit(self, segment: Segment, options: GenerationOptions) -> Future[list[str]]:
+        if self._runner is None:
+            self._runner = self._held.enter_context(self._destination.models.use())
+        return self._destination.scheduler.submit(self._flow, segment.samples, options, start=segment.start,
+                                                  end=segment.end).future
+
+    def lookahead(self) -> int:
+        return self._destination.scheduler.lookahead(self._runner.batch_size if self._runner else 1)
+
+    def close(self) -> None:
+        self._destination.scheduler.close_flow(self._flow)
+        self._held.close()
+
