@@ -84,8 +84,8 @@ class Settings(BaseSettings):
         32, ge=1, le=256, description="jobs transcribed at once: their segments share the model fairly, segment by "
                                       "segment, a waiting client's first (a short job never waits for a long one); "
                                       "more jobs wait in arrival order")
-    queue_depth: int = Field(32, ge=1, le=10000, description="jobs that may wait for the model; more get 503 with "
-                                                             "Retry-After")
+    queue_depth: int = Field(32, ge=1, le=10000, description="jobs that may wait for a place among the running "
+                                                             "ones; more get 503 with Retry-After")
     data_dir: Path = Field(APP_DIR / "data", description="where the job database (jobs.sqlite3) lives")
     job_retention_hours: float = Field(168.0, gt=0, description="hours finished jobs and their results are kept")
     output_retention_hours: float = Field(0.0, ge=0, description="hours saved transcripts in outputs/ are kept "

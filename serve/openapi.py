@@ -56,6 +56,7 @@ class Worker(BaseModel):
     model_state: Literal["unloaded", "loading", "loaded"] | None
     model_error: str | None
     current_task: str | None
+    batch_size: int | None = Field(description="segments its model generates at once (known once it has loaded)")
     gpu_memory_allocated_gb: float
     gpu_memory_reserved_gb: float
     last_seen: str | None

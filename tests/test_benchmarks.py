@@ -68,3 +68,15 @@ def test_scaleout_benchmark_short(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert [(row["mode"], row["workers"]) for row in report["rows"]] == [("single process", 1), ("api + workers", 2)]
     assert all(row["same_text"] and row["seconds"] > 0 for row in report["rows"])  # same transcript every way
+
+
+def test_fairness_benchmark_short(tmp_path: Path) -> None:
+    out = tmp_path / "fairness.json"
+    result = run("bench_fairness.py", "--minutes", "20", "--throughput-minutes", "2", "--long-jobs", "2",
+                 "--repeats", "2", "--tokens", "8", "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())
+    assert [(row["mode"], row["long_jobs"]) for row in rows] == [("single", 2), ("scaleout", 2)]
+    for row in rows:
+        assert row["idle_short_s"] > 0 and row["first_short_s"] > 0 and row["long_audio_s_per_s"] > 0
+        assert row["with_short_requests"] > 0

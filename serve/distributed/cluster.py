@@ -68,6 +68,7 @@ def describe(beat: dict[str, Any]) -> dict[str, Any]:
         "checkpoint": beat.get("checkpoint"), "idle_timeout": beat.get("idle_timeout"),
         "model_loaded": beat.get("model_loaded", False), "model_state": beat.get("model_state"),
         "model_error": beat.get("model_error"), "current_task": beat.get("current_task"),
+        "batch_size": beat.get("batch_size"),
         "gpu_memory_allocated_gb": round(beat.get("gpu_memory_allocated_bytes", 0.0) / _GIB, 2),
         "gpu_memory_reserved_gb": round(beat.get("gpu_memory_reserved_bytes", 0.0) / _GIB, 2),
         "last_seen": datetime.fromtimestamp(beat["seen"], UTC).isoformat() if beat.get("seen") else None,
