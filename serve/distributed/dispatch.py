@@ -154,8 +154,8 @@ class RemoteDestination:
         return _RemoteLane(self, job_id, self.scheduler.open_flow(job_id, waiting_client=waiting_client))
 
     def capacity(self) -> int:
-        """Segments the workers transcribe at once."""
-        return max(1, len(self._live)) * self._max_task_size()
+        """Segments in the workers' hands at once: a task running and one waiting per live worker."""
+        return 2 * max(1, len(self._live)) * self._max_task_size()
 
     def forget(self, job_id: str) -> None:
         """A job is done: stop watching its segments, withdraw tasks that only it still needed, remove its files."""

@@ -96,7 +96,7 @@ def test_tasks_are_one_workers_batch_spread_over_the_workers(client: redis.Redis
         lane.submit(segment(i), GREEDY)
     destination.run_round()
     assert queued(queue) == [[(job, 0), (job, 1), (job, 2)], [(job, 3), (job, 4), (job, 5)]]  # 6 over 2 workers
-    assert destination.capacity() == 8
+    assert destination.capacity() == 16  # a batch of 4 running and one waiting on each of 2 workers
     lane.close()
 
 
