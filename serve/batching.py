@@ -68,6 +68,7 @@ class BatchRunner:
                 continue
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch))
+            self.scheduler.batch_starting(batch)
             try:
                 self._run(batch)
             except Exception as exc:  # a bug here must not leave jobs waiting for answers that never come

@@ -102,8 +102,9 @@ class Settings(BaseSettings):
         "werkzeug", description="HTTP server: werkzeug (development) or gunicorn (production; the Docker image's)")
     threads: int | None = Field(None, ge=2, le=1024, description="gunicorn request threads (one process, one "
                                                                  "model); default: queue depth + concurrent jobs + 32")
-    graceful_timeout: float = Field(300.0, ge=0, description="seconds a shutdown waits for the running "
-                                                              "transcription before stopping anyway")
+    graceful_timeout: float = Field(300.0, ge=0, description="seconds a shutdown gives running synchronous "
+                                                              "requests to finish (async jobs pause and resume "
+                                                              "at the next start)")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
     port: int = Field(5000, ge=1, le=65535, description="port to listen on")
     max_upload_size: int = Field(4 * 1024**3, gt=0, description="largest accepted request body, e.g. 4G, 512M")

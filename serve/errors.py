@@ -6,6 +6,7 @@ parameter) with the matching HTTP status. No traceback ever reaches a client.
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from flask import Flask, Response, jsonify, request
@@ -84,6 +85,25 @@ class ShuttingDownError(APIError):
     code = "shutting_down"
 
 
+class StoreUnavailableError(APIError):
+    status = 503
+    code = "store_unavailable"
+
+
+class InsufficientStorage(APIError):
+    status = 507
+    code = "insufficient_storage"
+
+
+# A full disk, or a full quota: the write failed for want of space, not because of the request.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+STORAGE_RETRY_AFTER = "60"
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+
+
 class JobFailed(APIError):
     """A transcription the client waited for failed: its failure, as an HTTP error."""
 
@@ -104,6 +124,9 @@ def failure_of(exc: BaseException) -> JobFailure:
                           "max_new_tokens, or when the GPU is less busy", "gpu_out_of_memory", 503)
     if isinstance(exc, APIError):
         return JobFailure(exc.message, exc.code, exc.status)
+    if is_out_of_space(exc):
+        return JobFailure("the server's disk is full (decoding needs scratch space under temp/); retry when "
+                          "space is freed", InsufficientStorage.code, InsufficientStorage.status)
     return JobFailure(f"transcription failed ({type(exc).__name__}); see the server log", "transcription_failed")
 
 
@@ -160,5 +183,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        if is_out_of_space(exc):  # an upload that does not fit: its partial file goes with the request
+            log.error("out of disk space: %s", exc)
+            message = "the server has no space left to store the upload; retry later or send a smaller file"
+            response, status = error_response(message, InsufficientStorage.code, InsufficientStorage.status)
+            response.headers["Retry-After"] = STORAGE_RETRY_AFTER
+            return response, status
         log.exception("unhandled error")
         return error_response("internal server error; see the server log", "internal_error", 500)

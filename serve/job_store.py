@@ -1,7 +1,13 @@
 """The job table in SQLite: an embedded file under the data folder, so jobs survive restarts.
 
-One connection, serialised by a lock (the worker writes progress, request threads read), in WAL mode
-so readers are not blocked by the writer on disk.
+One connection, serialised by a lock (the job threads write progress, request threads read), in WAL mode,
+so readers are not blocked by the writer, with ``synchronous=NORMAL``: every statement is its own
+transaction, appended to the write-ahead log before it returns. A killed process (SIGKILL, the OOM killer)
+loses nothing that was committed, since the log is in the operating system's hands; the next open replays
+it. A power loss or kernel crash can lose the last transactions since the log was last synced (at a
+checkpoint, every ~1000 pages), never corrupt the file: a job accepted just before it may be missing, or
+resume some segments earlier. ``FULL`` would sync the log on every commit (each progress update) to close
+that window; a transcription server loses little there, and a slow disk would pay on every segment.
 """
 
 from __future__ import annotations
@@ -36,17 +42,27 @@ CREATE TABLE IF NOT EXISTS jobs (
     partial TEXT,
     result TEXT,
     output_file TEXT,
+    output_error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    attempt_from INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     error_code TEXT,
     error_status INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_completion ON jobs (completed_at);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 """
+
+# Columns added after the first release, for tables made by earlier versions.
+_ADDED_COLUMNS = (("partial", "TEXT"), ("output_error", "TEXT"),
+                  ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+                  ("attempt_from", "INTEGER NOT NULL DEFAULT 0"))
 
 _COLUMNS = ("id", "kind", "status", "stage", "filename", "input_path", "output_format", "params",
             "audio_duration", "created_at", "started_at", "completed_at", "segments_done", "segments_total",
-            "audio_seconds_done", "partial", "result", "output_file", "error", "error_code", "error_status")
+            "audio_seconds_done", "partial", "result", "output_file", "output_error", "attempts", "attempt_from",
+            "error", "error_code", "error_status")
 
 
 def _time(value: datetime | None) -> str | None:
@@ -65,6 +81,7 @@ def _row(job: Job) -> tuple[Any, ...]:
         _time(job.completed_at), job.progress.segments_done, job.progress.segments_total,
         job.progress.audio_seconds_done, _partial_json(job.progress),
         json.dumps(job.result, ensure_ascii=False) if job.result is not None else None, job.output_file,
+        job.output_error, job.attempts, job.attempt_from,
         failure.message if failure else None, failure.code if failure else None,
         failure.http_status if failure else None,
     )
@@ -95,7 +112,10 @@ def _job(row: sqlite3.Row) -> Job:
                           tuple(json.loads(row["partial"])) if row["partial"] else ()),
         result=json.loads(row["result"]) if row["result"] is not None else None,
         output_file=row["output_file"],
+        output_error=row["output_error"],
         failure=failure,
+        attempts=row["attempts"],
+        attempt_from=row["attempt_from"],
     )
 
 
@@ -112,13 +132,16 @@ class SqliteJobStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            for column, kind in (("partial", "TEXT"),):  # tables made by earlier versions
+            for column, kind in _ADDED_COLUMNS:
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, tuple(args)).fetchall()
+
+    def probe(self) -> None:
+        self._query("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (datetime.now().isoformat(),))
 
     def add(self, job: Job) -> None:
         placeholders = ", ".join("?" for _ in _COLUMNS)
@@ -132,6 +155,10 @@ class SqliteJobStore:
         self._query("UPDATE jobs SET segments_done = ?, segments_total = ?, audio_seconds_done = ?, partial = ? "
                     "WHERE id = ?", (progress.segments_done, progress.segments_total, progress.audio_seconds_done,
                                      _partial_json(progress), job_id))
+
+    def count_attempt(self, job_id: str) -> None:
+        self._query("UPDATE jobs SET attempts = CASE WHEN attempt_from = segments_done THEN attempts + 1 ELSE 1 END, "
+                    "attempt_from = segments_done WHERE id = ?", (job_id,))
 
     def get(self, job_id: str) -> Job | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def now() -> datetime:
@@ -77,7 +79,13 @@ class Job:
     progress: Progress = field(default_factory=Progress)
     result: dict[str, Any] | None = None
     output_file: str | None = None
+    output_error: str | None = None  # why the transcript could not be saved under outputs/ (it is in the record)
     failure: JobFailure | None = None
+    # Crash-loop guard: in how many runs of the process the job had segments in the model while it stood
+    # at segment ``attempt_from`` (its segments_done then), without a clean stop; a job that keeps killing
+    # the process is failed, not resumed.
+    attempts: int = 0
+    attempt_from: int = 0
 
     @property
     def finished(self) -> bool:
@@ -89,10 +97,16 @@ def new_job_id() -> str:
 
 
 class JobStore(Protocol):
+    def probe(self) -> None:
+        """A small write, to tell whether the store can be written again (raises if not)."""
+
     def add(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job | None: ...
     def update(self, job: Job) -> None: ...
     def update_progress(self, job_id: str, progress: Progress) -> None: ...
+    def count_attempt(self, job_id: str) -> None:
+        """The job's segments are entering the model: one more attempt at its current segment (or the first
+        at a new one), without touching its progress."""
     def list(self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> list[Job]: ...
     def unfinished(self) -> list[Job]: ...
     def delete(self, job_ids: Iterable[str]) -> None: ...
@@ -112,35 +126,76 @@ class ShuttingDown(Exception):
     """The queue accepts no new work: the server is stopping."""
 
 
-class JobControl:
-    """What a running job may do besides returning: report progress, and ask whether it should stop."""
+class StoreUnavailable(Exception):
+    """The job store cannot be written: a job accepted now would be lost, so none is."""
 
-    def __init__(self, queue: JobQueue, job_id: str) -> None:
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the job store is unavailable ({reason}); retry shortly")
+        self.reason = reason
+
+
+class JobInterrupted(Exception):
+    """A runner stopped because the queue asked it to (the server is stopping), not because the job failed."""
+
+
+class JobControl:
+    """What a running job may do besides returning: report progress, and ask whether it should stop or pause.
+
+    It starts from the job's stored progress: a resumed job goes on from its last finished segment.
+    """
+
+    def __init__(self, queue: JobQueue, job: Job) -> None:
         self._queue = queue
-        self.job_id = job_id
-        self._pieces: list[dict[str, Any]] = []
+        self.job_id = job.id
+        self._async = job.kind is JobKind.ASYNC
+        self.progress = job.progress  # the latest, also when the store could not take it
+        self._pieces: list[dict[str, Any]] = list(job.progress.partial)
 
     def report(self, segments_done: int, segments_total: int | None, audio_seconds_done: float,
                piece: dict[str, Any] | None = None) -> None:
-        """A segment is done (with its transcribed piece, unless it was silent)."""
+        """A segment is done (with its transcribed piece, unless it was silent): persist it for a resume."""
         if piece is not None:
             self._pieces.append(piece)
-        self._queue.store.update_progress(self.job_id, Progress(segments_done, segments_total, audio_seconds_done,
-                                                                tuple(self._pieces)))
+        self.progress = Progress(segments_done, segments_total, audio_seconds_done, tuple(self._pieces))
+        # A progress write that fails costs a resume some segments, not the job: it goes on.
+        self._queue._store_call(lambda: self._queue.store.update_progress(self.job_id, self.progress),
+                                f"saving the progress of job {self.job_id}", raise_error=False)
 
     def should_stop(self) -> bool:
-        return self._queue.cancel_requested(self.job_id)
+        """Stop now: the job was cancelled, or the server is stopping and cannot wait any longer."""
+        return self._queue.cancel_requested(self.job_id) or self._queue._aborting
+
+    def should_pause(self) -> bool:
+        """Finish the segments already handed to the model, then stop: the server is stopping, and this async
+        job goes on from there at the next start."""
+        return self._async and self._queue._stopping
+
+
+class JobOutcome(NamedTuple):
+    result: dict[str, Any]
+    output_file: str | None = None
+    output_error: str | None = None  # the transcript is fine, but its file under outputs/ could not be written
 
 
 class JobRunner(Protocol):
-    def __call__(self, job: Job, control: JobControl) -> tuple[dict[str, Any], str | None]:
-        """Run ``job``; return (result, output file name). Raise to fail it."""
+    def __call__(self, job: Job, control: JobControl) -> JobOutcome | tuple[dict[str, Any], str | None]:
+        """Run ``job`` (from ``control.progress`` on); return its outcome. Raise to fail it, or raise
+        :class:`JobInterrupted` when ``control`` asked it to stop or pause."""
 
 
 FailureMapper = Callable[[BaseException], JobFailure]
 
 INTERRUPTED = JobFailure("interrupted: the server stopped while this job was running; submit it again",
                          "interrupted", 503)
+UPLOAD_GONE = JobFailure("interrupted: the server stopped while this job was running, and its upload is gone; "
+                         "submit it again", "interrupted", 503)
+MAX_ATTEMPTS = 3  # runs in the model at the same segment, each ended by the process dying, before a job fails
+STORE_RETRY_SECONDS = (0.2, 5.0)  # first and longest wait between tries of a store write that failed
+
+
+def crash_loop(job: Job) -> JobFailure:
+    return JobFailure(f"the server stopped {job.attempts} times while transcribing segment {job.attempt_from + 1} "
+                      "of this job, so it is not resumed again; see the server log", "crash_loop", 500)
 
 
 class _Ticket:
@@ -158,6 +213,17 @@ class JobQueue:
     each running job its share of the model segment by segment (see ``scheduler.py``). So a short request
     admitted while long files run is transcribed within about one batch; only beyond ``concurrency`` running
     jobs does a job wait here, in arrival order, for one to finish.
+
+    Jobs outlive the process. Each finished segment is in the store as it completes; at the next start an
+    unfinished async job (queued, running when the process died, or paused by a shutdown) runs again from
+    its first unfinished segment, unless the process died ``MAX_ATTEMPTS`` times while the job's segments
+    were in the model at the same segment (:meth:`count_attempts`). A synchronous job's client is gone
+    after a restart: such a job is failed as interrupted.
+
+    A job thread never dies of a store error: a job it cannot read or start waits in the queue and is tried
+    again; a final record it cannot write is answered to a waiting client from memory and written again
+    until the store takes it (its upload is kept until then). Meanwhile :attr:`store_problem` says why, and
+    :meth:`submit` refuses work with :class:`StoreUnavailable` when the store cannot record it.
     """
 
     def __init__(self, store: JobStore, runner: JobRunner, failure_of: FailureMapper, *, max_queued: int = 32,
@@ -173,7 +239,12 @@ class JobQueue:
         self._cond = threading.Condition()
         self._running: list[str] = []
         self._reserved = 0  # places taken by submits still writing their record
-        self._stopping = False
+        self._stopping = False  # no new work; running async jobs pause at their next segment
+        self._aborting = False  # past the graceful deadline: every running job stops now
+        self._stopped = threading.Event()  # wakes job threads waiting to retry the store
+        self._store_problem: str | None = None
+        self._controls: dict[str, JobControl] = {}  # the running jobs' controls, with their latest progress
+        self._in_model: dict[str, int] = {}  # running job -> the segment its attempt was last counted at
         self._average_seconds = 30.0  # a guess until jobs have run; used for Retry-After
         self.concurrency = concurrency
         self._workers = [threading.Thread(target=self._work, name=f"transcription-worker-{i}", daemon=True)
@@ -199,14 +270,47 @@ class JobQueue:
         running = self.running_jobs
         return running[0] if running else None
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def retry_after(self) -> int:
         """Seconds until a place in the queue is likely to be free."""
         return max(1, min(3600, round(self._average_seconds / self.concurrency)))
 
+    @property
+    def store_problem(self) -> str | None:
+        """Why the last write to the job store failed, until one succeeds again."""
+        return self._store_problem
+
+    def check_store(self) -> str | None:
+        """After a failed write, try a small one: the store may have recovered (space freed, Redis back)."""
+        if self._store_problem is not None:
+            self._store_call(self.store.probe, "probing the job store", raise_error=False)
+        return self._store_problem
+
+    def _store_call(self, action: Callable[[], T], what: str, *, write: bool = True,
+                    raise_error: bool = True) -> T | None:
+        """Call the store, keeping :attr:`store_problem` up to date (a read that works proves nothing about
+        writes: a full disk still reads)."""
+        try:
+            result = action()
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._store_problem != reason:
+                log.error("job store error while %s: %s", what, reason)
+            self._store_problem = reason
+            if raise_error:
+                raise
+            return None
+        if write:
+            self._store_problem = None
+        return result
+
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Recover what a previous process left behind, then start the worker."""
+        """Recover what a previous process left behind, then start the job threads."""
         if self._started:
             return
         self._recover()
@@ -215,47 +319,75 @@ class JobQueue:
             worker.start()
 
     def _recover(self) -> None:
-        """Queued async jobs are queued again; anything else unfinished was interrupted."""
-        requeued = interrupted = 0
+        """Unfinished async jobs are queued again (a running one resumes where it was); sync ones, whose
+        client is gone, are failed as interrupted."""
+        requeued = resumed = failed = 0
         for job in sorted(self.store.unfinished(), key=lambda j: j.created_at):
-            if job.kind is JobKind.ASYNC and job.stage == "queued" and job.input_path.exists():
-                self._pending.append(job.id)
-                self._tickets[job.id] = _Ticket()
-                requeued += 1
+            failure = None
+            if job.kind is not JobKind.ASYNC:
+                failure = INTERRUPTED
+            elif not job.input_path.exists():
+                failure = UPLOAD_GONE
+            elif job.stage == "running" and job.attempts >= MAX_ATTEMPTS \
+                    and job.progress.segments_done == job.attempt_from:
+                failure = crash_loop(job)
+            if failure is not None:
+                self._finish(replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(), failure=failure))
+                failed += 1
+                continue
+            self._pending.append(job.id)
+            self._tickets[job.id] = _Ticket()
+            if job.progress.segments_done or job.stage == "running":
+                resumed += 1
             else:
-                self._finish(replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(),
-                                     failure=INTERRUPTED))
-                interrupted += 1
-        if requeued or interrupted:
-            log.info("recovered jobs from the last run: %d queued again, %d marked interrupted", requeued,
-                     interrupted)
+                requeued += 1
+        if requeued or resumed or failed:
+            log.info("jobs from the last run: %d queued again, %d resumed at their last finished segment, "
+                     "%d failed", requeued, resumed, failed)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Let the running job finish; the queued ones stay queued for the next start. Stop the worker."""
+        """Stop taking work, and give the running jobs up to ``timeout`` seconds.
+
+        Waiting sync jobs are answered as interrupted (503) at once; queued async jobs stay queued for the next
+        start. Running async jobs finish the segments the model already has, then pause: their progress is
+        in the store and they go on at the next start. Running sync jobs may finish within the timeout (their
+        client gets the transcript); past it, every job still running is stopped: sync ones are answered as
+        interrupted, async ones are left to resume.
+        """
         with self._cond:
             self._stopping = True
             waiting = [(job_id, self._tickets.pop(job_id, None)) for job_id in self._pending]
             self._pending.clear()
             self._cond.notify_all()
+        self._stopped.set()
         for job_id, ticket in waiting:
-            job = self.store.get(job_id)
+            job = self._store_call(lambda job_id=job_id: self.store.get(job_id), f"reading job {job_id}",
+                                   write=False, raise_error=False)
             if job is not None and job.kind is JobKind.SYNC:
                 # Nobody will wait for it after the restart: fail it now instead of running it later.
-                job = self._finish(replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(),
-                                           failure=INTERRUPTED))
+                job = replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(), failure=INTERRUPTED)
+                self._store_call(lambda job=job: self._finish(job), f"failing job {job_id}", raise_error=False)
             if ticket is not None:
                 ticket.job = job
                 ticket.done.set()
-        if self._started:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            for worker in self._workers:
-                worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if not self._started:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._join(deadline)
+        if any(worker.is_alive() for worker in self._workers):
+            log.warning("graceful timeout: stopping the %d jobs still running", len(self.running_jobs))
+            self._aborting = True
+            self._join(time.monotonic() + 5.0)  # they stop within a poll of their next segment
+
+    def _join(self, deadline: float | None) -> None:
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # -- submitting, waiting, cancelling ---------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
         """Queue ``job``; raise :class:`QueueFull` when ``max_queued`` jobs already wait, :class:`ShuttingDown`
-        once :meth:`stop` was called."""
+        once :meth:`stop` was called, :class:`StoreUnavailable` when the store cannot record it."""
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down; retry in a minute")
@@ -264,13 +396,13 @@ class JobQueue:
             self._reserved += 1  # a place in the queue, held while the record is written
         try:
             # Outside the lock: a slow store (Redis restarting) must not stall status polls and other submits.
-            self.store.add(job)
-        except BaseException:
+            self._store_call(lambda: self.store.add(job), f"recording job {job.id}")
+        except Exception as exc:
+            raise StoreUnavailable(self._store_problem or f"{type(exc).__name__}: {exc}") from exc
+        finally:
             with self._cond:
                 self._reserved -= 1
-            raise
         with self._cond:
-            self._reserved -= 1
             if not self._stopping:
                 self._tickets[job.id] = _Ticket()
                 self._pending.append(job.id)
@@ -282,7 +414,8 @@ class JobQueue:
         raise ShuttingDown("the server is shutting down; retry in a minute")
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """Block until the job has finished; return its final record (None on timeout)."""
+        """Block until the job has finished; return its final record (None on timeout, or when the server
+        stopped before it could finish)."""
         with self._cond:
             ticket = self._tickets.get(job_id)
         if ticket is None:
@@ -330,9 +463,22 @@ class JobQueue:
     def cancel_requested(self, job_id: str) -> bool:
         return job_id in self._cancel
 
-    # -- the worker ------------------------------------------------------------------------------------
+    def count_attempts(self, job_ids: Iterable[str]) -> None:
+        """Segments of these jobs are about to enter the model (the batch runner says so): should the process
+        die now, each may be the cause. Counted in the store once per job, run of the process and segment."""
+        for job_id in job_ids:
+            with self._cond:
+                control = self._controls.get(job_id)
+                if control is None or self._in_model.get(job_id) == control.progress.segments_done:
+                    continue
+                self._in_model[job_id] = control.progress.segments_done
+            self._store_call(lambda job_id=job_id: self.store.count_attempt(job_id),
+                             f"counting an attempt of job {job_id}", raise_error=False)
+
+    # -- the job threads -------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        delay = STORE_RETRY_SECONDS[0]
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
@@ -342,51 +488,101 @@ class JobQueue:
                 job_id = self._pending.popleft()
                 ticket = self._tickets.get(job_id)
                 self._running.append(job_id)
-            job = self.store.get(job_id)
+            started = False
             try:
-                if job is not None:
-                    job = self._run(job)
+                job = self._start(job_id)
+                started = True
+                if job is not None and not job.finished:
+                    job = self._finish_run(self._execute(job), ticket)
+            except Exception:  # only a store error starting the job: it stays queued, and is tried again
+                job = None
             finally:
                 with self._cond:
                     self._running.remove(job_id)
                     self._cancel.discard(job_id)
-                    self._tickets.pop(job_id, None)
+                    self._in_model.pop(job_id, None)
+                    self._controls.pop(job_id, None)
+                    if not started and not self._stopping:
+                        self._pending.appendleft(job_id)
+                        self._cond.notify()
+                    else:
+                        self._tickets.pop(job_id, None)
+            if started:
+                delay = STORE_RETRY_SECONDS[0]
                 if ticket is not None:
                     ticket.job = job
                     ticket.done.set()
+                continue
+            if self._stopping and ticket is not None:
+                ticket.done.set()  # its record still says queued; a sync client is answered 503
+            self._stopped.wait(delay)
+            delay = min(delay * 2, STORE_RETRY_SECONDS[1])
 
-    def _run(self, job: Job) -> Job:
+    def _start(self, job_id: str) -> Job | None:
+        """The job's record, marked running; raises if the store fails."""
+        job = self._store_call(lambda: self.store.get(job_id), f"reading job {job_id}", write=False)
+        if job is None or job.finished:
+            return job
+        job = replace(job, stage="running", started_at=job.started_at or now())
+        self._store_call(lambda: self.store.update(job), f"starting job {job_id}")
+        return job
+
+    def _execute(self, job: Job) -> Job:
+        """Run the job; its outcome as the record to store (never raises)."""
         started = time.monotonic()
-        job = replace(job, stage="running", started_at=now())
-        self.store.update(job)
+        control = JobControl(self, job)
+        with self._cond:
+            self._controls[job.id] = control
         try:
-            result, output_file = self._runner(job, JobControl(self, job.id))
-            job = replace(job, status=JobStatus.COMPLETED, stage="done", completed_at=now(), result=result,
-                          output_file=output_file, progress=self._latest_progress(job))
-        except Exception as exc:  # any failure fails this job, never the worker
-            job = replace(job, stage="done", completed_at=now(), progress=self._latest_progress(job))
+            outcome = JobOutcome(*self._runner(job, control))
+            job = replace(job, status=JobStatus.COMPLETED, stage="done", completed_at=now(), result=outcome.result,
+                          output_file=outcome.output_file, output_error=outcome.output_error,
+                          progress=control.progress)
+        except Exception as exc:  # any failure fails this job, never the thread
+            job = replace(job, progress=control.progress)
             if self.cancel_requested(job.id):
-                job = replace(job, status=JobStatus.CANCELLED, failure=JobFailure(
-                    "cancelled while running", "cancelled", 409))
+                job = replace(job, status=JobStatus.CANCELLED, stage="done", completed_at=now(),
+                              failure=JobFailure("cancelled while running", "cancelled", 409))
                 log.info("job %s cancelled", job.id)
+            elif self._stopping and job.kind is JobKind.ASYNC:
+                # Paused by the shutdown, not killed: no attempt is counted against it.
+                log.info("job %s paused at segment %d for the next start", job.id, job.progress.segments_done)
+                return replace(job, stage="queued", attempts=0, attempt_from=job.progress.segments_done)
+            elif self._stopping and isinstance(exc, JobInterrupted):
+                job = replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(), failure=INTERRUPTED)
             else:
                 failure = self._failure_of(exc)
                 if failure.http_status >= 500:
                     log.error("job %s failed: %s", job.id, failure.message, exc_info=exc)
                 else:
                     log.info("job %s failed: %s", job.id, failure.message)
-                job = replace(job, status=JobStatus.FAILED, failure=failure)
+                job = replace(job, status=JobStatus.FAILED, stage="done", completed_at=now(), failure=failure)
         with self._cond:
             self._average_seconds = 0.8 * self._average_seconds + 0.2 * (time.monotonic() - started)
-        return self._finish(job)
+        return job
 
-    def _latest_progress(self, job: Job) -> Progress:
-        stored = self.store.get(job.id)
-        return stored.progress if stored is not None else job.progress
+    def _finish_run(self, job: Job, ticket: _Ticket | None) -> Job:
+        """Store the run's outcome, trying again until the store takes it; a waiting client is answered from
+        memory meanwhile. If the server stops first, the record stays unfinished and the job is resumed (or,
+        sync, failed as interrupted) at the next start: its upload is kept for that."""
+        delay = STORE_RETRY_SECONDS[0]
+        while True:
+            try:
+                return self._finish(job)
+            except Exception:
+                if ticket is not None and not ticket.done.is_set():
+                    ticket.job = job
+                    ticket.done.set()
+                if self._stopping:
+                    log.error("job %s: its record could not be saved before the server stopped", job.id)
+                    return job
+                self._stopped.wait(delay)
+                delay = min(delay * 2, STORE_RETRY_SECONDS[1])
 
     def _finish(self, job: Job) -> Job:
-        self.store.update(job)
-        if self._on_finished is not None:
+        """Store the record; once a job has ended, release what it held (its upload)."""
+        self._store_call(lambda: self.store.update(job), f"saving job {job.id}")
+        if job.finished and self._on_finished is not None:
             try:
                 self._on_finished(job)
             except Exception:

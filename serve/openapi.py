@@ -80,6 +80,8 @@ class Health(BaseModel):
     role: Literal["all", "api"] = Field(description="all: one process; api: in front of scale-out workers")
     redis: str | None = Field(None, description='scale-out: "ok", or why Redis is unreachable')
     workers: list[Worker] | None = Field(None, description="scale-out: the live workers")
+    store: str = Field(description='the job store: "ok", or why it cannot be written (then status is unavailable)')
+    shutting_down: bool = Field(description="the server is stopping: it takes no new work")
 
 
 class Segment(BaseModel):
@@ -100,6 +102,8 @@ class Transcription(BaseModel):
     filename: str
     duration: float = Field(description="seconds of audio")
     segments: list[Segment]
+    output_error: str | None = Field(None, description="why output_file could not be written (a full disk); the "
+                                                       "transcript is still here and in GET /result")
 
 
 class Progress(BaseModel):
@@ -123,6 +127,7 @@ class Job(BaseModel):
     partial_transcription: str | None = Field(None, description="the transcript so far, while processing")
     transcription: str | None = None
     output_file: str | None = None
+    output_error: str | None = Field(None, description="why output_file could not be written (a full disk)")
     completed_at: str | None = None
     duration: float | None = None
     error: str | None = None
@@ -207,8 +212,10 @@ _ERRORS = {
     "Unsupported": (415, "the file cannot be decoded as audio"),
     "RateLimited": (429, "over the rate limit"),
     "ServerError": (500, "an unexpected failure (details only in the server log)"),
-    "Unavailable": (503, "the model cannot be loaded, the queue is full, the server is stopping, or (scale-out) "
-                         "Redis is unreachable or no worker is alive"),
+    "Unavailable": (503, "the model cannot be loaded, the queue is full, the server is stopping, the job store "
+                         "cannot be written, or (scale-out) Redis is unreachable or no worker is alive"),
+    "InsufficientStorage": (507, "the server's disk is full: the upload (or the decoding's scratch files) did "
+                                 "not fit"),
 }
 
 

@@ -21,6 +21,7 @@ The scheduler holds only what jobs have submitted and not yet handed out; each j
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import threading
 import time
@@ -33,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from .generation import GenerationOptions
+
+log = logging.getLogger(__name__)
 
 # While async segments wait, at most ASYNC_SLOT_EVERY - 1 synchronous segments in a row go before one of them.
 ASYNC_SLOT_EVERY = 5
@@ -72,6 +75,7 @@ class FairScheduler:
         self._clock = {True: 0.0, False: 0.0}  # virtual time of each class (waiting clients, async)
         self._sync_run = 0  # synchronous slots handed out in a row while async segments waited
         self._seq = itertools.count()
+        self._batch_listener: Callable[[list[Hashable]], None] | None = None
 
     # -- jobs ------------------------------------------------------------------------------------------
 
@@ -127,6 +131,19 @@ class FairScheduler:
         """Make every :meth:`next_batch` waiting now look at its ``stop`` condition again."""
         with self._cond:
             self._cond.notify_all()
+
+    def on_batch(self, listener: Callable[[list[Hashable]], None]) -> None:
+        """Have ``listener`` told the jobs of each batch just before the model runs it (the job queue counts
+        them, should the process die during that batch)."""
+        self._batch_listener = listener
+
+    def batch_starting(self, batch: list[SegmentRequest]) -> None:
+        """Called by the batch runner before it runs ``batch``."""
+        if self._batch_listener is not None:
+            try:
+                self._batch_listener(list(dict.fromkeys(request.flow.key for request in batch)))
+            except Exception:  # bookkeeping must never hold up the model
+                log.exception("the batch listener failed")
 
     def next_batch(self, max_size: int, *, gather_seconds: float = 0.0, timeout: float | None = None,
                    stop: Callable[[], bool] | None = None) -> list[SegmentRequest]:

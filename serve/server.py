@@ -1,9 +1,13 @@
 """Serving the app: Werkzeug's threaded server for development, gunicorn in production.
 
 Either way the app, and with it the model, lives in exactly one process: gunicorn runs one worker with
-threads (a second worker would load a second copy of the model). Shutdown is graceful: new requests
-are refused, the running transcription finishes (within the graceful timeout), queued jobs are failed as
-interrupted, and the model is unloaded.
+threads (a second worker would load a second copy of the model). Shutdown (SIGTERM, or Ctrl-C) is the
+same with both: the job queue stops taking work at once (503 with Retry-After; /health says
+``shutting_down``); waiting synchronous requests get 503 ``interrupted`` unless their job is already
+running, in which case it may finish within ``--graceful-timeout`` and the client gets its transcript;
+running async jobs finish the segments the model has, and pause; queued and paused async jobs go on at the
+next start, from their last finished segment. Then the answers are written, the model is unloaded and the
+process exits. A second signal exits at once (async jobs still resume at the next start).
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import logging
 import math
 import os
 import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
 
 from .config import Settings
-from .services import EXTENSION_KEY
+from .services import EXTENSION_KEY, Services
 
 log = logging.getLogger(__name__)
 
@@ -26,28 +33,90 @@ log = logging.getLogger(__name__)
 WORKER_HEARTBEAT_TIMEOUT = 120
 
 
+def drain_seconds(graceful_timeout: float) -> float:
+    """How long running jobs get: the graceful timeout, less a margin to write the answers and unload (gunicorn's
+    master kills the worker at the graceful timeout)."""
+    return max(0.0, graceful_timeout - max(1.0, min(5.0, graceful_timeout * 0.1)))
+
+
+def _services(app: Flask) -> Services | None:
+    return app.extensions.get(EXTENSION_KEY)
+
+
+def _begin_shutdown(app: Flask, settings: Settings) -> threading.Thread | None:
+    services = _services(app)
+    if services is None:
+        return None
+    log.info("shutting down: no new work; running jobs get up to %.0f s", drain_seconds(settings.graceful_timeout))
+    return services.begin_shutdown(drain_seconds(settings.graceful_timeout))
+
+
 def _close_services(app: Flask) -> None:
-    services = app.extensions.get(EXTENSION_KEY)
+    services = _services(app)
     if services is not None:
-        log.info("shutting down: letting the running job finish")
         services.close()
 
 
+class _InFlight:
+    """WSGI middleware counting the requests being answered, so a shutdown can wait until they are written."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._cond:
+            self.count += 1
+        try:
+            yield from self.app(environ, start_response)
+        finally:
+            with self._cond:
+                self.count -= 1
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+
 def run_werkzeug(settings: Settings) -> None:
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import make_server
 
     from .app import create_app
 
     app = create_app(settings)
+    in_flight = _InFlight(app.wsgi_app)
+    app.wsgi_app = in_flight  # type: ignore[method-assign]
+    server = make_server(settings.host, settings.port, app, threaded=True)
+    stopping = threading.Event()
 
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    def drain_and_stop() -> None:
+        deadline = time.monotonic() + settings.graceful_timeout
+        shutdown = _begin_shutdown(app, settings)
+        if shutdown is not None:
+            shutdown.join()
+        in_flight.wait_idle(max(0.5, deadline - time.monotonic()))  # the last answers go out first
+        server.shutdown()
 
-    signal.signal(signal.SIGTERM, stop)
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopping.is_set():
+            log.warning("second signal %d: exiting now", signum)
+            os._exit(1)
+        stopping.set()
+        threading.Thread(target=drain_and_stop, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("listening on http://%s:%d", settings.host, server.port)
     try:
-        run_simple(settings.host, settings.port, app, threaded=True, use_reloader=False)
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()
     finally:
         _close_services(app)
 
@@ -70,11 +139,25 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "proc_name": "qwen2.5-omni-transcribe",
         # gunicorn's control socket can add workers at run time; each would load its own model.
         "control_socket_disable": True,
+        "post_worker_init": lambda worker: _stop_jobs_on_sigterm(worker, settings),
         "worker_exit": lambda _server, worker: _close_services(worker.wsgi),
     }
     if os.path.isdir("/dev/shm"):
         options["worker_tmp_dir"] = "/dev/shm"  # heartbeat file off slow container overlay disks
     return options
+
+
+def _stop_jobs_on_sigterm(worker: Any, settings: Settings) -> None:
+    """On SIGTERM, stop the job queue at once, while gunicorn stops accepting and waits (up to its graceful
+    timeout) for the requests in flight: they are answered before it lets the worker exit."""
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        _begin_shutdown(worker.wsgi, settings)
+        if callable(gunicorn_handler):
+            gunicorn_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def run_gunicorn(settings: Settings) -> None:

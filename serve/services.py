@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
@@ -17,14 +17,21 @@ from .config import Settings
 from .errors import failure_of
 from .janitor import Janitor
 from .job_store import SqliteJobStore
-from .jobs import Job, JobControl, JobKind, JobQueue, JobStore, new_job_id
+from .jobs import Job, JobControl, JobInterrupted, JobKind, JobOutcome, JobQueue, JobStore, new_job_id
 from .local import MODEL_NAME, LocalDestination, close_runner, engine_loader
 from .metrics import Metrics
 from .model_manager import ModelManager
 from .outputs import OutputStore
 from .scheduler import FairScheduler
-from .transcriber import Destination, Transcriber, TranscriptionParams
-from .transcript import Transcript
+from .transcriber import (
+    Destination,
+    ResumePoint,
+    Transcriber,
+    TranscriptionParams,
+    TranscriptionPaused,
+    TranscriptionStopped,
+)
+from .transcript import Piece, Transcript
 from .uploads import Upload
 
 if TYPE_CHECKING:  # the scale-out classes: services.py builds them only in that mode
@@ -52,9 +59,15 @@ def job_transcription(transcriber: Transcriber) -> TranscribeJob:
     """A job through the pipeline; a synchronous job's client waits on the connection (it goes first)."""
 
     def transcribe(job: Job, control: JobControl) -> Transcript:
-        return transcriber(job.input_path, TranscriptionParams(**job.params), job_id=job.id,
-                           waiting_client=job.kind is JobKind.SYNC, expected_duration=job.audio_duration,
-                           progress=control.report, should_stop=control.should_stop)
+        done = control.progress  # a resumed job goes on from its last finished segment
+        resume = ResumePoint(done.segments_done, tuple(Piece(p["start"], p["end"], p["text"]) for p in done.partial))
+        try:
+            return transcriber(job.input_path, TranscriptionParams(**job.params), job_id=job.id,
+                               waiting_client=job.kind is JobKind.SYNC, expected_duration=job.audio_duration,
+                               progress=control.report, should_stop=control.should_stop,
+                               should_pause=control.should_pause, resume=resume)
+        except (TranscriptionStopped, TranscriptionPaused) as exc:
+            raise JobInterrupted("the job stopped when asked to") from exc
 
     return transcribe
 
@@ -72,6 +85,8 @@ class Services:
     cluster: Cluster | None = None  # the scale-out workers, in the API role
     redis: Redis | None = None
     dispatcher: RemoteDestination | None = None  # hands segments to the workers, in the API role
+    _shutdown: threading.Thread | None = field(default=None, init=False, repr=False)
+    _shutdown_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -101,10 +116,15 @@ class Services:
             background_store = store
         transcribe = job_transcription(Transcriber(destination, scratch_dir=settings.temp_dir))
 
-        def run(job: Job, control: JobControl) -> tuple[dict[str, Any], str]:
+        def run(job: Job, control: JobControl) -> JobOutcome:
             transcript = transcribe(job, control)
-            name = outputs.save(RENDERERS[job.output_format](transcript), job.output_format)
-            return transcript.to_dict(), name
+            try:
+                name = outputs.save(RENDERERS[job.output_format](transcript), job.output_format)
+            except OSError as exc:  # a full disk costs the file, not the transcript: it is in the job record
+                log.error("job %s: the transcript could not be saved under outputs/: %s", job.id, exc)
+                return JobOutcome(transcript.to_dict(), None, f"the transcript could not be saved under outputs/ "
+                                                              f"({exc.strerror or exc}); it is kept with the job")
+            return JobOutcome(transcript.to_dict(), name)
 
         def finished(job: Job) -> None:
             job.input_path.unlink(missing_ok=True)
@@ -116,6 +136,7 @@ class Services:
                           outputs_dir=settings.outputs_dir, job_retention_hours=settings.job_retention_hours,
                           output_retention_hours=settings.output_retention_hours,
                           segments_dir=settings.segments_dir if settings.role == "api" else None)
+        scheduler.on_batch(jobs.count_attempts)  # a job in the model when the process dies may be the cause
         jobs.start()
         janitor.start()
         services = cls(settings=settings, models=models, scheduler=scheduler, jobs=jobs, outputs=outputs, store=store,
@@ -146,9 +167,20 @@ class Services:
         thread.start()
         return thread
 
+    def begin_shutdown(self, timeout: float) -> threading.Thread:
+        """Stop taking work now; running jobs get ``timeout`` seconds to finish or pause (see JobQueue.stop),
+        in a thread: the server goes on answering meanwhile."""
+        with self._shutdown_lock:
+            if self._shutdown is None:
+                self._shutdown = threading.Thread(target=self.jobs.stop, args=(timeout,), name="job-queue-stop",
+                                                  daemon=True)
+                self._shutdown.start()
+            return self._shutdown
+
     def close(self) -> None:
+        """Shut down (waiting for the running jobs, up to the graceful timeout), then release everything."""
         self.janitor.stop()
-        self.jobs.stop()
+        self.begin_shutdown(self.settings.graceful_timeout).join()
         if self.dispatcher is not None:
             self.dispatcher.close()
         self.models.close()

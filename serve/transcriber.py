@@ -6,6 +6,10 @@ process's batch runner (:mod:`serve.local`) or the scale-out workers (:mod:`serv
 Both put the segment into a :class:`~serve.scheduler.FairScheduler`, so every running job gets its share of
 the model. The pipeline keeps at most the destination's look-ahead of segments outstanding (memory stays
 flat), takes the results back in file order, cleans them, reports progress, and assembles the transcript.
+
+A job can resume: cutting is deterministic (the same file always yields the same segments), so a run
+given the segments already done and their pieces skips those segments and goes on from the next one;
+the transcript equals an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -36,6 +40,18 @@ STOP_POLL_SECONDS = 0.1
 
 class TranscriptionStopped(Exception):
     """The caller asked to stop (a cancelled job)."""
+
+
+class TranscriptionPaused(Exception):
+    """The caller asked to pause: the segments already handed over were finished and reported, no more."""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an earlier run of the same job stopped: the segments it finished (in file order) and their pieces."""
+
+    segments_done: int = 0
+    pieces: tuple[Piece, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,9 +108,13 @@ class Transcriber:
     def __call__(self, audio_path: Path, params: TranscriptionParams, *, job_id: str | None = None,
                  waiting_client: bool = False, expected_duration: float | None = None,
                  progress: ProgressCallback | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Transcript:
+                 should_stop: Callable[[], bool] | None = None, should_pause: Callable[[], bool] | None = None,
+                 resume: ResumePoint | None = None) -> Transcript:
+        """Transcribe ``audio_path``; ``should_stop`` aborts (TranscriptionStopped), ``should_pause`` lets the
+        segments in flight finish first (TranscriptionPaused); ``resume`` goes on where an earlier run stopped."""
         total = math.ceil(expected_duration / params.segment_duration) if expected_duration else None
-        pieces: list[Piece] = []
+        resume = resume or ResumePoint()
+        pieces: list[Piece] = list(resume.pieces)
         outstanding: deque[_Outstanding] = deque()
         duration = 0.0
 
@@ -118,12 +138,18 @@ class Transcriber:
             return sum(1 for entry in outstanding if entry.future is not None)
 
         lane = self.destination.open_lane(job_id or uuid.uuid4().hex, waiting_client=waiting_client)
+        paused = False
         try:
             for number, segment in enumerate(decode_segments(audio_path, params.segment_duration, self.scratch_dir),
                                              start=1):
+                duration = segment.cut_end
+                if number <= resume.segments_done:
+                    continue  # done by an earlier run: its piece is in ``resume``
                 if stopped():
                     raise TranscriptionStopped()
-                duration = segment.cut_end
+                if should_pause is not None and should_pause():
+                    paused = True
+                    break
                 if not segment.is_silent():
                     while speech_outstanding() >= lane.lookahead():
                         finish_oldest()
@@ -134,6 +160,8 @@ class Transcriber:
                     finish_oldest()  # report in file order as soon as possible
             while outstanding:
                 finish_oldest()
+            if paused:
+                raise TranscriptionPaused()
         finally:
             for entry in outstanding:
                 if entry.future is not None:

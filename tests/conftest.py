@@ -189,3 +189,22 @@ def copy_checkpoint() -> Iterator:
         return dst
 
     yield copy
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Opens the same job table again on each call, as a restarted process would."""
+    import redis
+
+    from serve.distributed.redis_store import RedisJobStore
+    from serve.job_store import SqliteJobStore
+
+    if request.param == "sqlite":
+        return lambda: SqliteJobStore(tmp_path / "jobs.sqlite3")
+    url = request.getfixturevalue("redis_url")
+    return lambda: RedisJobStore(redis.Redis.from_url(url))
+
+
+@pytest.fixture
+def store(open_store):  # type: ignore[no-untyped-def]
+    return open_store()

@@ -107,6 +107,19 @@ def test_the_runner_takes_batches_in_the_schedulers_fair_order() -> None:
     runner.close()
 
 
+def test_the_jobs_of_each_batch_are_told_before_the_model_runs_it() -> None:
+    engine = RecordingEngine(delay=0)
+    scheduler = FairScheduler()
+    told: list[tuple[list, int]] = []
+    scheduler.on_batch(lambda jobs: told.append((jobs, len(engine.batches))))  # how many batches had run then
+    a, b = scheduler.open_flow("A"), scheduler.open_flow("B")
+    futures = [submit(scheduler, a, 1), submit(scheduler, a, 1), submit(scheduler, b, 2)]
+    runner = BatchRunner(engine, 3, scheduler)
+    assert all(f.result(5) for f in futures)
+    assert told == [(["A", "B"], 0)]  # each job once, before its batch reached the engine
+    runner.close()
+
+
 def test_different_settings_are_never_mixed_in_a_batch() -> None:
     engine = RecordingEngine()
     runner, scheduler, flow = runner_with(engine, batch_size=8)

@@ -11,10 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 
-from serve.distributed.redis_store import RedisJobStore
-from serve.job_store import SqliteJobStore
 from serve.jobs import (
     Job,
     JobControl,
@@ -47,25 +44,11 @@ def quick(result: str = "ok"):  # type: ignore[no-untyped-def]
     return runner
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], JobStore]:
-    """Opens the same job table again on each call, as a restarted process would."""
-    if request.param == "sqlite":
-        return lambda: SqliteJobStore(tmp_path / "jobs.sqlite3")
-    url = request.getfixturevalue("redis_url")
-    return lambda: RedisJobStore(redis.Redis.from_url(url))
-
-
-@pytest.fixture
-def store(open_store: Callable[[], JobStore]) -> JobStore:
-    return open_store()
-
-
 def test_store_round_trips_every_field(store: JobStore, tmp_path: Path) -> None:
     original = replace(job(tmp_path, "会议.mp3"), audio_duration=12.5, status=JobStatus.FAILED, stage="done",
                        started_at=datetime.now(), completed_at=datetime.now(), progress=Progress(2, 3, 8.0),
-                       result={"pieces": [{"text": "你好"}]}, output_file="x.txt",
-                       failure=JobFailure("bad", "code", 415))
+                       result={"pieces": [{"text": "你好"}]}, output_file="x.txt", output_error="disk full",
+                       failure=JobFailure("bad", "code", 415), attempts=2, attempt_from=5)
     store.add(original)
     assert store.get(original.id) == original
     assert store.get("missing") is None
@@ -262,37 +245,48 @@ def test_a_slow_store_stalls_nobody_and_a_failed_cancel_keeps_the_job_queued(sto
     queue.stop()
 
 
-def test_restart_requeues_waiting_async_jobs_and_marks_interrupted_ones(open_store: Callable[[], JobStore],
-                                                                        tmp_path: Path) -> None:
+def test_restart_resumes_async_jobs_and_fails_sync_ones(open_store: Callable[[], JobStore], tmp_path: Path) -> None:
     gate = threading.Event()
 
     def blocked(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
+        control.report(1, 3, 10.0, {"start": 0.0, "end": 9.5, "text": "first"})
         gate.wait(10)
         return {}, None
 
     first = JobQueue(open_store(), blocked, failure_of)
     first.start()
     running = first.submit(job(tmp_path, "running.mp3"))
-    while first.running_job != running.id:
+    while first.store.get(running.id).progress.segments_done != 1:
         time.sleep(0.01)
     waiting_async = first.submit(job(tmp_path, "queued.mp3"))
     waiting_sync = first.submit(job(tmp_path, "sync.mp3", JobKind.SYNC))
+    gone = first.submit(job(tmp_path, "gone.mp3"))
+    gone.input_path.unlink()
     done = job(tmp_path, "done.mp3")
     first.store.add(replace(done, status=JobStatus.COMPLETED, stage="done", completed_at=datetime.now(),
                             result={"pieces": []}, output_file="done.txt"))
     # The process "dies": no stop(), the running job never finishes in this store.
 
     ran = []
-    second = JobQueue(open_store(), lambda j, c: (ran.append(j.filename) or ({}, None)), failure_of)
+
+    def resumed(j: Job, control: JobControl):  # type: ignore[no-untyped-def]
+        ran.append((j.filename, control.progress.segments_done, [p["text"] for p in control.progress.partial]))
+        return {"pieces": list(control.progress.partial)}, None
+
+    second = JobQueue(open_store(), resumed, failure_of)
     second.start()
-    assert second.wait(waiting_async.id, 5).status is JobStatus.COMPLETED and ran == ["queued.mp3"]
-    interrupted = second.store.get(running.id)
-    assert interrupted.status is JobStatus.FAILED and interrupted.failure.code == "interrupted"
-    assert "interrupted" in interrupted.failure.message
+    assert second.wait(running.id, 5).status is JobStatus.COMPLETED
+    assert second.wait(waiting_async.id, 5).status is JobStatus.COMPLETED
+    # In arrival order; the running one goes on from its last finished segment, with its piece.
+    assert ran == [("running.mp3", 1, ["first"]), ("queued.mp3", 0, [])]
+    assert second.store.get(running.id).result == {"pieces": [{"start": 0.0, "end": 9.5, "text": "first"}]}
     assert second.store.get(waiting_sync.id).failure.code == "interrupted"  # its client is gone
+    lost = second.store.get(gone.id)
+    assert lost.failure.code == "interrupted" and "upload is gone" in lost.failure.message
     assert second.store.get(done.id).status is JobStatus.COMPLETED  # results stay retrievable
     gate.set()
     second.stop()
+    first.stop()
 
 
 def test_stop_leaves_async_jobs_queued_and_fails_waiting_sync_ones(store: JobStore, tmp_path: Path) -> None:

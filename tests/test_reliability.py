@@ -6,6 +6,11 @@ everything around it (routes, queue, store, pipeline, decoding) is the real code
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import sqlite3
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -114,7 +119,7 @@ def test_status_reports_progress(make_app, audio_dir: Path) -> None:  # type: ig
                                 "audio_seconds_total": 7.3}
 
 
-def test_results_survive_a_restart_and_running_jobs_become_interrupted(make_app, settings_factory,  # type: ignore[no-untyped-def]
+def test_results_survive_a_restart_and_a_running_job_without_its_upload_is_interrupted(make_app, settings_factory,  # type: ignore[no-untyped-def]
                                                                       audio_dir: Path) -> None:
     from serve.app import create_app
 
@@ -182,3 +187,92 @@ def test_a_failing_segment_fails_its_job_only(make_app, audio_dir: Path) -> None
     assert client.post("/transcribe/json", data=upload(audio_dir / "speech.wav")).status_code == 500
     assert client.post("/transcribe/json", data=upload(audio_dir / "speech.wav")).get_json()["transcription"] \
         == "fine"
+
+
+class DiskFullFile(io.FileIO):
+    """Test double for an upload file on a disk that fills up after ``ROOM`` bytes."""
+
+    ROOM = 4096
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def]
+        if self.tell() + len(data) > self.ROOM:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def disk_full_temporary_file(*, mode: str, dir: Path, prefix: str, suffix: str, delete: bool) -> DiskFullFile:
+    fd, name = tempfile.mkstemp(dir=dir, prefix=prefix, suffix=suffix)
+    os.close(fd)
+    return DiskFullFile(name, "w+")
+
+
+def test_an_upload_that_does_not_fit_is_507_and_leaves_no_partial_file(make_app, audio_dir: Path,  # type: ignore[no-untyped-def]
+                                                                       monkeypatch, tmp_path: Path) -> None:
+    app = make_app()
+    monkeypatch.setattr("serve.uploads.tempfile.NamedTemporaryFile", disk_full_temporary_file)
+    response = app.test_client().post("/transcribe/json", data=upload(audio_dir / "speech.wav"))
+    assert response.status_code == 507
+    assert response.get_json()["code"] == "insufficient_storage" and response.headers["Retry-After"]
+    assert folder_is_empty(tmp_path / "inputs")
+    monkeypatch.undo()
+    assert app.test_client().post("/transcribe/json", data=upload(audio_dir / "speech.wav")).status_code == 200
+
+
+def test_a_transcript_that_cannot_be_saved_is_still_answered_and_kept(make_app, audio_dir: Path,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch, tmp_path: Path) -> None:
+    app = make_app()
+    client = app.test_client()
+
+    def disk_full(content: str, extension: str) -> str:  # test double: outputs/ is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(services_of(app).outputs, "save", disk_full)
+    body = client.post("/transcribe/json", data=upload(audio_dir / "speech.wav")).get_json()
+    assert body["status"] == "success" and body["output_file"] is None
+    assert "No space left on device" in body["output_error"] and body["segments"]
+    job = client.post("/transcribe/async", data=upload(audio_dir / "speech.wav")).get_json()["job_id"]
+    services_of(app).jobs.wait(job, 30)
+    status = client.get(f"/status/{job}").get_json()
+    assert status["status"] == "completed" and status["output_error"]
+    assert client.get(f"/result/{job}?format=vtt").status_code == 200
+    assert folder_is_empty(tmp_path / "inputs")
+
+
+class UnwritableStore:
+    """Test double around the real job store: every write fails (a full disk under data/) while ``broken``."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.broken = True
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        method = getattr(self.inner, name)
+        if name not in ("add", "update", "update_progress", "probe", "delete"):
+            return method
+
+        def write(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.broken:
+                raise sqlite3.OperationalError("database or disk is full")
+            return method(*args, **kwargs)
+
+        return write
+
+
+def test_an_unwritable_job_store_is_503_on_health_and_submit_until_it_recovers(make_app, audio_dir: Path,  # type: ignore[no-untyped-def]
+                                                                               tmp_path: Path) -> None:
+    app = make_app()
+    client = app.test_client()
+    jobs = services_of(app).jobs
+    store = UnwritableStore(jobs.store)
+    jobs.store = store
+    refused = client.post("/transcribe/async", data=upload(audio_dir / "speech.wav"))
+    assert refused.status_code == 503 and refused.get_json()["code"] == "store_unavailable"
+    assert "disk is full" in refused.get_json()["error"] and refused.headers["Retry-After"]
+    assert folder_is_empty(tmp_path / "inputs")  # the upload of a refused job is not kept
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["status"] == "unavailable"
+    assert "disk is full" in health.get_json()["store"]
+    store.broken = False
+    health = client.get("/health")  # its probe write works again
+    assert health.status_code == 200 and health.get_json()["store"] == "ok"
+    assert client.post("/transcribe/json", data=upload(audio_dir / "speech.wav")).status_code == 200

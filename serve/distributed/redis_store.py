@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,7 +44,9 @@ def job_to_json(job: Job) -> str:
         "params": job.params, "output_format": job.output_format, "audio_duration": job.audio_duration,
         "status": job.status.value, "stage": job.stage, "created_at": _stamp(job.created_at),
         "started_at": _stamp(job.started_at), "completed_at": _stamp(job.completed_at), "result": job.result,
-        "output_file": job.output_file, "failure": asdict(job.failure) if job.failure else None,
+        "output_file": job.output_file, "output_error": job.output_error,
+        "failure": asdict(job.failure) if job.failure else None,
+        "attempts": job.attempts, "attempt_from": job.attempt_from,
     }, ensure_ascii=False)
 
 
@@ -58,8 +60,9 @@ def job_from_json(data: str, progress: str | None) -> Job:
         started_at=_moment(d["started_at"]), completed_at=_moment(d["completed_at"]),
         progress=Progress(p.get("segments_done", 0), p.get("segments_total"), p.get("audio_seconds_done", 0.0),
                           tuple(p.get("partial", ()))),
-        result=d["result"], output_file=d["output_file"],
+        result=d["result"], output_file=d["output_file"], output_error=d.get("output_error"),
         failure=JobFailure(**d["failure"]) if d["failure"] else None,
+        attempts=d.get("attempts", 0), attempt_from=d.get("attempt_from", 0),
     )
 
 
@@ -82,6 +85,9 @@ class RedisJobStore:
             pipe.zadd(redis_key("jobs", "finished"), {job.id: job.completed_at.timestamp()})
         pipe.execute()
 
+    def probe(self) -> None:
+        self.redis.set(redis_key("probe"), str(time.time()), ex=3600)  # refused when Redis is out of memory
+
     def add(self, job: Job) -> None:
         self._write(job, with_progress=True)
 
@@ -92,6 +98,13 @@ class RedisJobStore:
 
     def update_progress(self, job_id: str, progress: Progress) -> None:
         self.redis.set(redis_key("job", job_id, "progress"), json.dumps(asdict(progress), ensure_ascii=False))
+
+    def count_attempt(self, job_id: str) -> None:
+        job = self.get(job_id)
+        if job is not None:  # the record alone: progress lives in its own key and is left as it is
+            done = job.progress.segments_done
+            self._write(replace(job, attempts=job.attempts + 1 if done == job.attempt_from else 1, attempt_from=done),
+                        with_progress=False)
 
     def get(self, job_id: str) -> Job | None:
         data, progress = self.redis.mget(redis_key("job", job_id), redis_key("job", job_id, "progress"))

@@ -54,6 +54,8 @@ def job_body(job: Job, *, with_result: bool = True) -> dict[str, Any]:
             body["transcription"] = transcript.text
         body.update(output_file=job.output_file, completed_at=iso(job.completed_at),
                     duration=round(transcript.duration, 3))
+        if job.output_error:
+            body["output_error"] = job.output_error
     else:
         assert job.failure is not None
         body.update(error=job.failure.message, code=job.failure.code, completed_at=iso(job.completed_at))
@@ -91,4 +93,5 @@ def transcript_json(job: Job) -> dict[str, Any]:
         "filename": job.filename,
         "duration": round(transcript.duration, 3),
         "segments": formats.to_segments(transcript),
+        **({"output_error": job.output_error} if job.output_error else {}),
     }

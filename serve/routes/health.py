@@ -23,7 +23,9 @@ def health():  # type: ignore[no-untyped-def]
     get:
       summary: Liveness and model/GPU state
       description: In the scale-out API role, the model and GPU fields sum up the live workers, listed in
-        `workers`; while Redis is unreachable the answer is 503 with status "unavailable".
+        `workers`. While the job store cannot be written (a full disk, Redis unreachable or refusing writes)
+        the answer is 503 with status "unavailable" and the reason in `store` (or `redis`); so it is while
+        the server is shutting down.
       security: []
       responses:
         200:
@@ -32,7 +34,7 @@ def health():  # type: ignore[no-untyped-def]
             application/json:
               schema: Health
         503:
-          description: the job store (Redis) is unreachable (scale-out API role)
+          description: the job store cannot be written, or the server is shutting down
           content:
             application/json:
               schema: Health
@@ -51,6 +53,9 @@ def health():  # type: ignore[no-untyped-def]
             model, redis_state, status = summary(s.cluster.workers()), "ok", 200
         except redis.RedisError as exc:
             model, redis_state, status = summary([]), f"unreachable: {exc}", 503
+    store_problem = s.jobs.check_store()
+    if store_problem is not None or s.jobs.stopping:
+        status = 503
     guide_fields = ("model_loaded", "gpu_available", "gpu_memory_allocated_gb", "gpu_memory_reserved_gb")
     body = {
         "status": "ok" if status == 200 else "unavailable",
@@ -60,6 +65,8 @@ def health():  # type: ignore[no-untyped-def]
         "checkpoint": s.settings.checkpoint_path, "idle_timeout": s.settings.idle_timeout,
         "queue_depth": s.jobs.depth, "queue_capacity": s.jobs.max_queued,
         "running_job": s.jobs.running_job, "running_jobs": s.jobs.running_jobs, "role": s.settings.role,
+        "store": "ok" if store_problem is None else f"cannot be written: {store_problem}",
+        "shutting_down": s.jobs.stopping,
     }
     if redis_state is not None:
         body["redis"] = redis_state

@@ -9,8 +9,8 @@ import socket
 from flask import Blueprint, g, jsonify, request, url_for
 
 from ..audio import UndecodableAudio, probe
-from ..errors import JobFailed, QueueFullError, ShuttingDownError, UnsupportedMedia
-from ..jobs import Job, JobKind, JobStatus, QueueFull, ShuttingDown
+from ..errors import JobFailed, QueueFullError, ShuttingDownError, StoreUnavailableError, UnsupportedMedia
+from ..jobs import Job, JobFailure, JobKind, JobStatus, QueueFull, ShuttingDown, StoreUnavailable
 from ..params import parse_params
 from ..services import services
 from ..transcriber import TranscriptionParams
@@ -55,6 +55,8 @@ def submit_upload(output_format: str, kind: JobKind, params: TranscriptionParams
                              headers={"Retry-After": str(exc.retry_after)}) from exc
     except ShuttingDown as exc:
         raise ShuttingDownError(str(exc), headers={"Retry-After": "60"}) from exc
+    except StoreUnavailable as exc:
+        raise StoreUnavailableError(str(exc), headers={"Retry-After": "30"}) from exc
     g.job_id = job.id
     return job
 
@@ -74,17 +76,18 @@ def wait_for(job: Job) -> Job:
             jobs.cancel(job.id, "the client disconnected")
             finished = jobs.wait(job.id)
             break
-    if finished is None:  # the worker stopped under us (shutdown)
-        raise ShuttingDownError("the server is shutting down; retry in a minute", headers={"Retry-After": "60"})
+    if finished is None or not finished.finished:  # the server stopped before the job could run or finish
+        raise ShuttingDownError("interrupted: the server is shutting down; retry in a minute",
+                                headers={"Retry-After": "60"})
     if finished.status is not JobStatus.COMPLETED:
-        assert finished.failure is not None
-        raise JobFailed(finished.failure)
+        raise JobFailed(finished.failure or JobFailure("the transcription failed; see the server log",
+                                                       "transcription_failed"))
     return finished
 
 
-_SYNC_ERRORS = (400, 401, 409, 413, 415, 429, 500, 503)
+_SYNC_ERRORS = (400, 401, 409, 413, 415, 429, 500, 503, 507)
 _ERROR_RESPONSES = {400: "BadRequest", 401: "Unauthorized", 409: "Conflict", 413: "TooLarge", 415: "Unsupported",
-                    429: "RateLimited", 500: "ServerError", 503: "Unavailable"}
+                    429: "RateLimited", 500: "ServerError", 503: "Unavailable", 507: "InsufficientStorage"}
 
 
 def documented(summary: str, media_type: str, schema: str, status: int = 200,
@@ -140,7 +143,7 @@ def transcribe_vtt():  # type: ignore[no-untyped-def]
 
 @bp.post("/transcribe/async")
 @documented("Queue a transcription; poll /status/{job_id}", "application/json", "Job", status=202,
-            errors=(400, 401, 413, 415, 429, 503))
+            errors=(400, 401, 413, 415, 429, 503, 507))
 def transcribe_async():  # type: ignore[no-untyped-def]
     job = submit_upload("txt", JobKind.ASYNC)
     status_url = url_for("jobs.job_status", job_id=job.id)

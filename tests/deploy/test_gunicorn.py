@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ def start(root: Path, checkpoint: Path, extra_env: dict[str, str] | None = None)
     command[0] = "python3"
     command[command.index("--port") + 1] = str(port)
     (root / "Qwen").mkdir(parents=True, exist_ok=True)
-    os.symlink(checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
-    os.symlink(ROOT / "serve", root / "serve")
+    if not (root / "serve").exists():  # a restart runs on the same folders
+        os.symlink(checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
+        os.symlink(ROOT / "serve", root / "serve")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN_OMNI_")}
     env.update({k: v for k, v in dockerfile_env().items() if k.startswith("QWEN_OMNI_")})
     env.update(service["environment"])
@@ -109,17 +111,44 @@ def test_exactly_one_worker_process_holds_the_model(server: ImageLikeServer, aud
     assert master.name().startswith("python") and len(workers) == 1
 
 
-def test_sigterm_lets_the_running_job_finish(server: ImageLikeServer, audio_dir: Path) -> None:
+def status(server: ImageLikeServer, job_id: str) -> dict:
+    return requests.get(f"{server.url}/status/{job_id}", timeout=5).json()
+
+
+def test_sigterm_answers_the_waiting_client_and_pauses_async_jobs_for_the_next_start(
+        server: ImageLikeServer, audio_dir: Path, tiny_awq_checkpoint: Path) -> None:
+    form = {"segment_duration": "1", "max_new_tokens": "32", "temperature": "0"}
     with open(audio_dir / "long_tone.wav", "rb") as f:
-        job = requests.post(f"{server.url}/transcribe/async", files={"file": f},
-                            data={"segment_duration": "1", "max_new_tokens": "32"}, timeout=30).json()
+        job = requests.post(f"{server.url}/transcribe/async", files={"file": f}, data=form, timeout=30).json()
+    answer: dict[str, requests.Response] = {}
+
+    def wait_on_the_connection() -> None:
+        with open(audio_dir / "long_tone.wav", "rb") as f:
+            answer["sync"] = requests.post(f"{server.url}/transcribe/json", files={"file": f}, data=form, timeout=120)
+
+    client = threading.Thread(target=wait_on_the_connection)
+    client.start()
     deadline = time.monotonic() + 30
-    while requests.get(f"{server.url}/status/{job['job_id']}", timeout=5).json().get("stage") != "running":
+    while not any(j["job_id"] != job["job_id"] and j["progress"]["segments_done"]
+                  for j in requests.get(f"{server.url}/jobs", timeout=5).json()["jobs"]):
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert server.stop() == 0
+    assert server.stop() == 0  # SIGTERM
+    client.join(10)
+    response = answer["sync"]
+    assert response.status_code == 200 and len(response.json()["segments"]) == 25  # the whole file, answered
     log = server.log.read_text()
-    assert "shutting down: letting the running job finish" in log and "unloaded" in log
+    assert "shutting down: no new work" in log and "paused at segment" in log and "unloaded" in log
     assert "Traceback" not in log
-    # The job completed before the process exited: its transcript was written.
-    assert len(list((server.root / "outputs").iterdir())) == 1
+
+    again = start(server.root, tiny_awq_checkpoint)  # same folders: the paused job goes on
+    try:
+        deadline = time.monotonic() + 60
+        while (resumed := status(again, job["job_id"]))["status"] == "processing":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert resumed["status"] == "completed" and resumed["progress"]["segments_done"] == 25
+        assert "resumed at their last finished segment" in again.log.read_text()
+    finally:
+        again.stop()
+    assert folder_is_empty(server.root / "inputs")

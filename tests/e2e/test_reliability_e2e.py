@@ -1,9 +1,12 @@
-"""Over real HTTP: a synchronous client that hangs up frees its queued work; queued jobs survive a restart."""
+"""Over real HTTP: a synchronous client that hangs up frees its queued work; queued and running jobs survive
+a restart; a shutdown answers the clients waiting and pauses async jobs for the next start."""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -62,11 +65,13 @@ def test_queued_jobs_survive_a_restart(tmp_path: Path, tiny_awq_checkpoint: Path
     wait_until(lambda: jobs(first)[running]["stage"] == "running")
     with open(audio_dir / "speech.mp3", "rb") as f:
         queued = requests.post(f"{first.url}/transcribe/async", files={"file": f}, timeout=30).json()["job_id"]
-    assert first.stop() == 0  # graceful: the running job finishes, the queued one waits for the next start
-    assert not folder_is_empty(tmp_path / "inputs")  # the queued job's upload is kept for it
+    assert first.stop() == 0  # graceful: the running job pauses, the queued one waits for the next start
+    assert not folder_is_empty(tmp_path / "inputs")  # their uploads are kept for them
 
     second = start_server(tmp_path, "--local-model")
     try:
+        wait_until(lambda: requests.get(f"{second.url}/status/{running}", timeout=5).json()["status"] != "processing",
+                   timeout=60)
         finished = requests.get(f"{second.url}/status/{running}", timeout=5).json()
         assert finished["status"] == "completed" and finished["transcription"]
         wait_until(lambda: requests.get(f"{second.url}/status/{queued}", timeout=5).json()["status"] != "processing")
@@ -74,3 +79,43 @@ def test_queued_jobs_survive_a_restart(tmp_path: Path, tiny_awq_checkpoint: Path
         assert folder_is_empty(tmp_path / "inputs")
     finally:
         assert second.stop() == 0
+
+
+def test_sigterm_refuses_new_work_and_answers_a_waiting_client_past_the_graceful_timeout(
+        tmp_path: Path, tiny_awq_checkpoint: Path, audio_dir: Path) -> None:
+    shutil.copytree(tiny_awq_checkpoint, tmp_path / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
+    server = start_server(tmp_path, "--local-model", "--graceful-timeout", "4")  # Werkzeug, the default server
+    paused = submit_long_job(server, audio_dir)
+    answer: dict[str, requests.Response] = {}
+
+    def wait_on_the_connection() -> None:  # far longer than the graceful timeout
+        with open(audio_dir / "long_tone.wav", "rb") as f:
+            answer["sync"] = requests.post(f"{server.url}/transcribe/json", files={"file": f},
+                                           data={"segment_duration": "1", "max_new_tokens": "512"}, timeout=60)
+
+    client = threading.Thread(target=wait_on_the_connection)
+    client.start()
+    wait_until(lambda: len(jobs(server)) == 2 and all(j["progress"]["segments_done"] for j in jobs(server).values()))
+    server.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: requests.get(f"{server.url}/health", timeout=5).json()["shutting_down"])
+    health = requests.get(f"{server.url}/health", timeout=5)
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    with open(audio_dir / "speech.wav", "rb") as f:
+        refused = requests.post(f"{server.url}/transcribe/json", files={"file": f}, timeout=10)
+    assert refused.status_code == 503 and refused.json()["code"] == "shutting_down"
+    assert refused.headers["Retry-After"]
+    client.join(30)
+    waited = answer["sync"]
+    assert waited.status_code == 503 and waited.json()["code"] == "interrupted"  # answered, not reset
+    assert server.process.wait(15) == 0
+    log = server.log.read_text()
+    assert "graceful timeout: stopping" in log and "Traceback" not in log
+
+    again = start_server(tmp_path, "--local-model")
+    try:
+        wait_until(lambda: requests.get(f"{again.url}/status/{paused}", timeout=5).json()["status"] != "processing",
+                   timeout=90)
+        assert requests.get(f"{again.url}/status/{paused}", timeout=5).json()["status"] == "completed"
+        assert folder_is_empty(tmp_path / "inputs")
+    finally:
+        assert again.stop() == 0
