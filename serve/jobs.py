@@ -191,6 +191,7 @@ UPLOAD_GONE = JobFailure("interrupted: the server stopped while this job was run
                          "submit it again", "interrupted", 503)
 MAX_ATTEMPTS = 3  # runs in the model at the same segment, each ended by the process dying, before a job fails
 STORE_RETRY_SECONDS = (0.2, 5.0)  # first and longest wait between tries of a store write that failed
+ABORT_SECONDS = 2.0  # after the graceful timeout, how long stopped jobs get to record how they ended
 
 
 def crash_loop(job: Job) -> JobFailure:
@@ -377,7 +378,7 @@ class JobQueue:
         if any(worker.is_alive() for worker in self._workers):
             log.warning("graceful timeout: stopping the %d jobs still running", len(self.running_jobs))
             self._aborting = True
-            self._join(time.monotonic() + 5.0)  # they stop within a poll of their next segment
+            self._join(time.monotonic() + ABORT_SECONDS)  # they stop within a poll (0.1 s) of the pipeline
 
     def _join(self, deadline: float | None) -> None:
         for worker in self._workers:
@@ -398,11 +399,11 @@ class JobQueue:
             # Outside the lock: a slow store (Redis restarting) must not stall status polls and other submits.
             self._store_call(lambda: self.store.add(job), f"recording job {job.id}")
         except Exception as exc:
-            raise StoreUnavailable(self._store_problem or f"{type(exc).__name__}: {exc}") from exc
-        finally:
             with self._cond:
                 self._reserved -= 1
+            raise StoreUnavailable(self._store_problem or f"{type(exc).__name__}: {exc}") from exc
         with self._cond:
+            self._reserved -= 1  # in the same step as taking the place in the queue: never over max_queued
             if not self._stopping:
                 self._tickets[job.id] = _Ticket()
                 self._pending.append(job.id)
@@ -414,8 +415,9 @@ class JobQueue:
         raise ShuttingDown("the server is shutting down; retry in a minute")
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """Block until the job has finished; return its final record (None on timeout, or when the server
-        stopped before it could finish)."""
+        """Block until the job has finished; return its final record (None on timeout). Raises
+        :class:`ShuttingDown` when the server stopped before the job could start, :class:`StoreUnavailable`
+        when its record could not be read."""
         with self._cond:
             ticket = self._tickets.get(job_id)
         if ticket is None:
@@ -423,6 +425,10 @@ class JobQueue:
             return job if job is not None and job.finished else None
         if not ticket.done.wait(timeout):
             return None
+        if ticket.job is None:  # answered without a record: the job could not even be read or started
+            if self._stopping:
+                raise ShuttingDown("interrupted: the server is shutting down; retry in a minute")
+            raise StoreUnavailable(self._store_problem or "the job's record is gone")
         return ticket.job
 
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job | None:
@@ -432,10 +438,13 @@ class JobQueue:
             return job
         with self._cond:
             queued = job_id in self._pending
+            position, ticket = 0, None
             if queued:
                 position = self._pending.index(job_id)
                 del self._pending[position]
                 ticket = self._tickets.pop(job_id, None)
+            elif self._stopping and job_id not in self._running:
+                queued = True  # queued or paused for the next start: nothing runs it now, cancel it in the store
             else:
                 self._cancel.add(job_id)  # running: it stops at its next segment; being submitted: at its first
         if not queued:
@@ -450,10 +459,11 @@ class JobQueue:
                                        failure=JobFailure(reason, "cancelled", 409)))
         except BaseException:
             with self._cond:  # the record still says queued: keep the job queued rather than lose it
-                self._pending.insert(min(position, len(self._pending)), job_id)
-                if ticket is not None:
-                    self._tickets[job_id] = ticket
-                self._cond.notify()
+                if not self._stopping:
+                    self._pending.insert(min(position, len(self._pending)), job_id)
+                    if ticket is not None:
+                        self._tickets[job_id] = ticket
+                    self._cond.notify()
             raise
         if ticket is not None:
             ticket.job = job
@@ -493,19 +503,24 @@ class JobQueue:
                 job = self._start(job_id)
                 started = True
                 if job is not None and not job.finished:
-                    job = self._finish_run(self._execute(job), ticket)
+                    if self.cancel_requested(job_id):  # cancelled while its start was being retried
+                        job = self._finish_run(replace(job, status=JobStatus.CANCELLED, stage="done",
+                                                       completed_at=now(), failure=JobFailure(
+                                                           "cancelled by request", "cancelled", 409)), ticket)
+                    else:
+                        job = self._finish_run(self._execute(job), ticket)
             except Exception:  # only a store error starting the job: it stays queued, and is tried again
                 job = None
             finally:
                 with self._cond:
                     self._running.remove(job_id)
-                    self._cancel.discard(job_id)
                     self._in_model.pop(job_id, None)
                     self._controls.pop(job_id, None)
                     if not started and not self._stopping:
-                        self._pending.appendleft(job_id)
+                        self._pending.appendleft(job_id)  # a cancel meanwhile stays recorded for its next try
                         self._cond.notify()
                     else:
+                        self._cancel.discard(job_id)
                         self._tickets.pop(job_id, None)
             if started:
                 delay = STORE_RETRY_SECONDS[0]
@@ -514,7 +529,7 @@ class JobQueue:
                     ticket.done.set()
                 continue
             if self._stopping and ticket is not None:
-                ticket.done.set()  # its record still says queued; a sync client is answered 503
+                ticket.done.set()  # no record to answer with: its waiting client gets 503 (see wait)
             self._stopped.wait(delay)
             delay = min(delay * 2, STORE_RETRY_SECONDS[1])
 
@@ -544,7 +559,7 @@ class JobQueue:
                 job = replace(job, status=JobStatus.CANCELLED, stage="done", completed_at=now(),
                               failure=JobFailure("cancelled while running", "cancelled", 409))
                 log.info("job %s cancelled", job.id)
-            elif self._stopping and job.kind is JobKind.ASYNC:
+            elif self._stopping and job.kind is JobKind.ASYNC and isinstance(exc, JobInterrupted):
                 # Paused by the shutdown, not killed: no attempt is counted against it.
                 log.info("job %s paused at segment %d for the next start", job.id, job.progress.segments_done)
                 return replace(job, stage="queued", attempts=0, attempt_from=job.progress.segments_done)

@@ -1,13 +1,14 @@
 """Serving the app: Werkzeug's threaded server for development, gunicorn in production.
 
 Either way the app, and with it the model, lives in exactly one process: gunicorn runs one worker with
-threads (a second worker would load a second copy of the model). Shutdown (SIGTERM, or Ctrl-C) is the
-same with both: the job queue stops taking work at once (503 with Retry-After; /health says
-``shutting_down``); waiting synchronous requests get 503 ``interrupted`` unless their job is already
-running, in which case it may finish within ``--graceful-timeout`` and the client gets its transcript;
-running async jobs finish the segments the model has, and pause; queued and paused async jobs go on at the
-next start, from their last finished segment. Then the answers are written, the model is unloaded and the
-process exits. A second signal exits at once (async jobs still resume at the next start).
+threads (a second worker would load a second copy of the model). Shutdown on SIGTERM (and Ctrl-C under
+Werkzeug) stops the job queue at once: waiting synchronous requests get 503 ``interrupted``; a running
+one may finish within ``--graceful-timeout`` (less the time kept to answer and unload), past it 503
+``interrupted``; running async jobs finish the segments the model has, and pause; queued and paused async
+jobs go on at the next start, from their last finished segment. Werkzeug goes on answering meanwhile (new
+work gets 503 ``shutting_down``); gunicorn's master closes the listening socket, so new connections are
+refused while the requests in flight are answered. Then the model is unloaded and the process exits. A
+second signal exits at once (async jobs still resume at the next start).
 """
 
 from __future__ import annotations
@@ -33,22 +34,16 @@ log = logging.getLogger(__name__)
 WORKER_HEARTBEAT_TIMEOUT = 120
 
 
-def drain_seconds(graceful_timeout: float) -> float:
-    """How long running jobs get: the graceful timeout, less a margin to write the answers and unload (gunicorn's
-    master kills the worker at the graceful timeout)."""
-    return max(0.0, graceful_timeout - max(1.0, min(5.0, graceful_timeout * 0.1)))
-
-
 def _services(app: Flask) -> Services | None:
     return app.extensions.get(EXTENSION_KEY)
 
 
-def _begin_shutdown(app: Flask, settings: Settings) -> threading.Thread | None:
+def _begin_shutdown(app: Flask) -> threading.Thread | None:
     services = _services(app)
     if services is None:
         return None
-    log.info("shutting down: no new work; running jobs get up to %.0f s", drain_seconds(settings.graceful_timeout))
-    return services.begin_shutdown(drain_seconds(settings.graceful_timeout))
+    log.info("shutting down: no new work; running jobs get up to %.0f s", services.drain_seconds())
+    return services.begin_shutdown(services.drain_seconds())
 
 
 def _close_services(app: Flask) -> None:
@@ -68,12 +63,19 @@ class _InFlight:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         with self._cond:
             self.count += 1
+        response = None
         try:
-            yield from self.app(environ, start_response)
+            response = self.app(environ, start_response)
+            yield from response
         finally:
-            with self._cond:
-                self.count -= 1
-                self._cond.notify_all()
+            close = getattr(response, "close", None)
+            try:
+                if close is not None:
+                    close()  # the WSGI contract: files sent, call_on_close callbacks
+            finally:
+                with self._cond:
+                    self.count -= 1
+                    self._cond.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -99,9 +101,9 @@ def run_werkzeug(settings: Settings) -> None:
 
     def drain_and_stop() -> None:
         deadline = time.monotonic() + settings.graceful_timeout
-        shutdown = _begin_shutdown(app, settings)
+        shutdown = _begin_shutdown(app)
         if shutdown is not None:
-            shutdown.join()
+            shutdown.join(settings.graceful_timeout)
         in_flight.wait_idle(max(0.5, deadline - time.monotonic()))  # the last answers go out first
         server.shutdown()
 
@@ -139,7 +141,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "proc_name": "qwen2.5-omni-transcribe",
         # gunicorn's control socket can add workers at run time; each would load its own model.
         "control_socket_disable": True,
-        "post_worker_init": lambda worker: _stop_jobs_on_sigterm(worker, settings),
+        "post_worker_init": _stop_jobs_on_sigterm,
         "worker_exit": lambda _server, worker: _close_services(worker.wsgi),
     }
     if os.path.isdir("/dev/shm"):
@@ -147,13 +149,13 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _stop_jobs_on_sigterm(worker: Any, settings: Settings) -> None:
+def _stop_jobs_on_sigterm(worker: Any) -> None:
     """On SIGTERM, stop the job queue at once, while gunicorn stops accepting and waits (up to its graceful
     timeout) for the requests in flight: they are answered before it lets the worker exit."""
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        _begin_shutdown(worker.wsgi, settings)
+        _begin_shutdown(worker.wsgi)
         if callable(gunicorn_handler):
             gunicorn_handler(signum, frame)
 

@@ -17,7 +17,7 @@ from .config import Settings
 from .errors import failure_of
 from .janitor import Janitor
 from .job_store import SqliteJobStore
-from .jobs import Job, JobControl, JobInterrupted, JobKind, JobOutcome, JobQueue, JobStore, new_job_id
+from .jobs import ABORT_SECONDS, Job, JobControl, JobInterrupted, JobKind, JobOutcome, JobQueue, JobStore, new_job_id
 from .local import MODEL_NAME, LocalDestination, close_runner, engine_loader
 from .metrics import Metrics
 from .model_manager import ModelManager
@@ -167,11 +167,21 @@ class Services:
         thread.start()
         return thread
 
+    def drain_seconds(self) -> float:
+        """How long running jobs get in a shutdown: the graceful timeout, less the time stopped jobs get to
+        record how they ended and a margin to write the answers and unload (gunicorn's master kills the
+        worker at the graceful timeout)."""
+        graceful = self.settings.graceful_timeout
+        return max(0.0, graceful - ABORT_SECONDS - max(1.0, min(5.0, graceful * 0.1)))
+
     def begin_shutdown(self, timeout: float) -> threading.Thread:
         """Stop taking work now; running jobs get ``timeout`` seconds to finish or pause (see JobQueue.stop),
         in a thread: the server goes on answering meanwhile."""
         with self._shutdown_lock:
             if self._shutdown is None:
+                stop_waiting = getattr(self.jobs.store, "stop_waiting", None)
+                if stop_waiting is not None:  # scale-out: a shutdown never waits for Redis to come back
+                    stop_waiting()
                 self._shutdown = threading.Thread(target=self.jobs.stop, args=(timeout,), name="job-queue-stop",
                                                   daemon=True)
                 self._shutdown.start()
@@ -180,7 +190,7 @@ class Services:
     def close(self) -> None:
         """Shut down (waiting for the running jobs, up to the graceful timeout), then release everything."""
         self.janitor.stop()
-        self.begin_shutdown(self.settings.graceful_timeout).join()
+        self.begin_shutdown(self.drain_seconds()).join()
         if self.dispatcher is not None:
             self.dispatcher.close()
         self.models.close()

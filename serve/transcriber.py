@@ -143,13 +143,13 @@ class Transcriber:
             for number, segment in enumerate(decode_segments(audio_path, params.segment_duration, self.scratch_dir),
                                              start=1):
                 duration = segment.cut_end
-                if number <= resume.segments_done:
-                    continue  # done by an earlier run: its piece is in ``resume``
                 if stopped():
                     raise TranscriptionStopped()
                 if should_pause is not None and should_pause():
                     paused = True
                     break
+                if number <= resume.segments_done:
+                    continue  # done by an earlier run: its piece is in ``resume``
                 if not segment.is_silent():
                     while speech_outstanding() >= lane.lookahead():
                         finish_oldest()

@@ -21,6 +21,7 @@ from serve.jobs import (
     JobQueue,
     JobStatus,
     JobStore,
+    ShuttingDown,
     StoreUnavailable,
 )
 from tests.test_jobs import failure_of, job
@@ -280,3 +281,79 @@ def test_shutdown_lets_a_running_sync_job_finish_and_interrupts_it_past_the_time
     interrupted = queue.wait(slow.id, 0)
     assert interrupted.status is JobStatus.FAILED and interrupted.failure.code == "interrupted"
     slow_gate.set()
+
+
+def test_a_sync_job_that_cannot_start_before_a_shutdown_is_answered_not_left_waiting(
+        store: JobStore, tmp_path: Path) -> None:
+    failing = FailingStore(store)
+    queue = JobQueue(failing, segments_runner(1), failure_of)
+    queue.start()
+    failing.failing.add("get")
+    sync = queue.submit(job(tmp_path, kind=JobKind.SYNC))
+    until(lambda: failing.calls.count("get") >= 2)
+    answers: list[BaseException] = []
+
+    def client() -> None:  # waits on the connection, as a synchronous request does
+        try:
+            queue.wait(sync.id, WAIT)
+        except BaseException as exc:
+            answers.append(exc)
+
+    waiting = threading.Thread(target=client)
+    waiting.start()
+    queue.stop(timeout=2)
+    waiting.join(WAIT)
+    assert not waiting.is_alive() and len(answers) == 1 and isinstance(answers[0], ShuttingDown)
+
+
+class SlowFailingStarts:
+    """Test double around a real store: writing a job as running takes a while and then fails, until
+    ``healed``; ``starting`` is set while such a write is under way."""
+
+    def __init__(self, inner: JobStore) -> None:
+        self.inner = inner
+        self.healed = False
+        self.starting = threading.Event()
+        self.release = threading.Event()
+
+    def update(self, j: Job) -> None:
+        if j.stage == "running" and not self.healed:
+            self.starting.set()
+            self.release.wait(WAIT)
+            raise sqlite3.OperationalError("database or disk is full")
+        self.inner.update(j)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+def test_a_cancel_while_the_start_is_retried_cancels_the_job_instead_of_running_it(
+        store: JobStore, tmp_path: Path) -> None:
+    flaky = SlowFailingStarts(store)
+    ran: list[str] = []
+    queue = JobQueue(flaky, lambda j, c: ran.append(j.id) or ({}, None), failure_of)
+    queue.start()
+    accepted = queue.submit(job(tmp_path))
+    assert flaky.starting.wait(WAIT)  # the job thread holds it, writing its start
+    assert queue.cancel(accepted.id).status is JobStatus.PROCESSING  # asked to stop: it is not queued now
+    flaky.healed = True
+    flaky.release.set()
+    assert queue.wait(accepted.id, WAIT).status is JobStatus.CANCELLED and ran == []
+    queue.stop()
+
+
+def test_cancelling_a_job_left_for_the_next_start_during_a_shutdown_cancels_it(
+        open_store: Callable[[], JobStore], tmp_path: Path) -> None:
+    gate = threading.Event()
+    queue = JobQueue(open_store(), segments_runner(3, gate=gate), failure_of)
+    queue.start()
+    running = queue.submit(job(tmp_path))
+    until(lambda: queue.running_job == running.id)
+    queued = queue.submit(job(tmp_path))
+    stopping = threading.Thread(target=queue.stop, args=(5,))
+    stopping.start()
+    until(lambda: queue.stopping)
+    assert queue.cancel(queued.id).status is JobStatus.CANCELLED
+    gate.set()
+    stopping.join()
+    assert open_store().get(queued.id).status is JobStatus.CANCELLED  # not resumed at the next start

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
@@ -100,11 +101,21 @@ class RedisJobStore:
         self.redis.set(redis_key("job", job_id, "progress"), json.dumps(asdict(progress), ensure_ascii=False))
 
     def count_attempt(self, job_id: str) -> None:
-        job = self.get(job_id)
-        if job is not None:  # the record alone: progress lives in its own key and is left as it is
+        record, progress = redis_key("job", job_id), redis_key("job", job_id, "progress")
+
+        def count(pipe: redis.client.Pipeline) -> None:  # retried if the record changes meanwhile (WATCH)
+            data, progress_data = pipe.mget(record, progress)
+            if not data:
+                return
+            job = job_from_json(data, progress_data)
+            if job.finished:
+                return
             done = job.progress.segments_done
-            self._write(replace(job, attempts=job.attempts + 1 if done == job.attempt_from else 1, attempt_from=done),
-                        with_progress=False)
+            counted = replace(job, attempts=job.attempts + 1 if done == job.attempt_from else 1, attempt_from=done)
+            pipe.multi()
+            pipe.set(record, job_to_json(counted))  # the record alone: progress and the indexes are unchanged
+
+        self.redis.transaction(count, record, progress)
 
     def get(self, job_id: str) -> Job | None:
         data, progress = self.redis.mget(redis_key("job", job_id), redis_key("job", job_id, "progress"))
@@ -150,19 +161,23 @@ class RedisJobStore:
 PATIENCE_SECONDS = 600.0  # how long a job waits for Redis before it fails
 
 
-def patiently(action: Callable[[], T], *, patience: float | None = PATIENCE_SECONDS, what: str = "Redis") -> T:
+def patiently(action: Callable[[], T], *, patience: float | None = PATIENCE_SECONDS, what: str = "Redis",
+              give_up: threading.Event | None = None) -> T:
     """Run ``action``, retrying while Redis is unreachable (a restart), for up to ``patience`` seconds
-    (None: until it is back)."""
+    (None: until it is back), or until ``give_up`` is set."""
     deadline = None if patience is None else time.monotonic() + patience
     delay = 0.2
     while True:
         try:
             return action()
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            if deadline is not None and time.monotonic() > deadline:
+            if (deadline is not None and time.monotonic() > deadline) or (give_up is not None and give_up.is_set()):
                 raise
             log.warning("%s unavailable (%s): retrying in %.1f s", what, exc, delay)
-            time.sleep(delay)
+            if give_up is not None:
+                give_up.wait(delay)
+            else:
+                time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
@@ -171,11 +186,17 @@ class PatientStore:
     default until Redis is back, since a job record that cannot be written cannot be finished either.
 
     A request handler never waits: there the call fails at once, and the client gets 503 with Retry-After.
+    Once the server stops (:meth:`stop_waiting`) nothing waits any more: a shutdown must not hang on Redis
+    (what could not be written is resumed or failed at the next start).
     """
 
     def __init__(self, store: RedisJobStore, patience: float | None = None) -> None:
         self.store = store
         self.patience = patience
+        self._give_up = threading.Event()
+
+    def stop_waiting(self) -> None:
+        self._give_up.set()
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.store, name)
@@ -183,6 +204,6 @@ class PatientStore:
         def call(*args: Any, **kwargs: Any) -> Any:
             if has_request_context():
                 return method(*args, **kwargs)
-            return patiently(lambda: method(*args, **kwargs), patience=self.patience)
+            return patiently(lambda: method(*args, **kwargs), patience=self.patience, give_up=self._give_up)
 
         return call

@@ -68,20 +68,29 @@ def transcribe_now(output_format: str, params: TranscriptionParams | None = None
 
 def wait_for(job: Job) -> Job:
     """The finished job; raises the job's failure as an API error."""
-    jobs = services().jobs
-    environ = request.environ
-    while (finished := jobs.wait(job.id, timeout=DISCONNECT_POLL_SECONDS)) is None:
-        if client_disconnected(environ):
-            log.info("client of job %s disconnected: cancelling it", job.id)
-            jobs.cancel(job.id, "the client disconnected")
-            finished = jobs.wait(job.id)
-            break
+    try:
+        finished = _wait(job)
+    except ShuttingDown as exc:
+        raise ShuttingDownError(str(exc), headers={"Retry-After": "60"}) from exc
+    except StoreUnavailable as exc:
+        raise StoreUnavailableError(str(exc), headers={"Retry-After": "30"}) from exc
     if finished is None or not finished.finished:  # the server stopped before the job could run or finish
         raise ShuttingDownError("interrupted: the server is shutting down; retry in a minute",
                                 headers={"Retry-After": "60"})
     if finished.status is not JobStatus.COMPLETED:
         raise JobFailed(finished.failure or JobFailure("the transcription failed; see the server log",
                                                        "transcription_failed"))
+    return finished
+
+
+def _wait(job: Job) -> Job | None:
+    jobs = services().jobs
+    environ = request.environ
+    while (finished := jobs.wait(job.id, timeout=DISCONNECT_POLL_SECONDS)) is None:
+        if client_disconnected(environ):
+            log.info("client of job %s disconnected: cancelling it", job.id)
+            jobs.cancel(job.id, "the client disconnected")
+            return jobs.wait(job.id)
     return finished
 
 
