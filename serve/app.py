@@ -31,12 +31,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     atexit.register(services.close)
 
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    if origins:  # the guide's browser fetch() example calls the API from another origin
-        CORS(app, origins=origins, expose_headers=["Content-Disposition", "X-Output-File", "Location",
-                                                   "Retry-After", "X-Request-ID"])
+    if origins:  # opted in: pages on these origins may call the API (the guide's fetch() example)
+        CORS(app, origins=origins, supports_credentials=False,
+             expose_headers=["Content-Disposition", "X-Output-File", "Location", "Retry-After", "X-Request-ID"])
 
     access_log.install(app)
     services.metrics.install(app)
+    security.check_host(app, settings.allowed_hosts, settings.host)  # before the rest: a foreign Host learns nothing
     app.register_blueprint(openapi.bp)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
@@ -45,10 +46,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         from .distributed.cluster import register_redis_errors
 
         register_redis_errors(app)
+    if settings.rate_limit:  # before the key check: failed key attempts count against the client
+        security.limit_rate(app, settings.rate_limit)
     if settings.api_keys:
         security.require_api_key(app, settings.api_keys)
-    if settings.rate_limit:
-        security.limit_rate(app, settings.rate_limit)
 
     @app.teardown_request
     def _discard_unclaimed_uploads(_exc: BaseException | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +38,18 @@ TRIM_ABOVE_FLOOR_DB = 10.0
 TRIM_BELOW_PEAK_DB = 35.0
 TRIM_PADDING_SECONDS = 0.1
 PROBE_TIMEOUT_SECONDS = 60
+# A decode that produces no audio for this long is stopped (a hostile or broken file keeping ffmpeg busy).
+DECODE_STALL_SECONDS = 60.0
+# Uploads are hostile: ffmpeg may open nothing but the uploaded file itself (no network, no nested URLs).
+PROTOCOL_WHITELIST = ["-protocol_whitelist", "file"]
+# Containers accepted (ffprobe's format names): audio and video files. Playlists and other formats that
+# point ffmpeg at further files or URLs (hls, dash, concat, image sequences, ...) are refused.
+ACCEPTED_FORMATS = frozenset({
+    "wav", "w64", "rf64", "mp3", "mp2", "flac", "ogg", "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska",
+    "webm", "aac", "asf", "avi", "aiff", "au", "caf", "amr", "amrnb", "amrwb", "ac3", "eac3", "dts", "truehd",
+    "mpeg", "mpegts", "flv", "wv", "ape", "tta", "voc", "rm", "mpc", "mpc8", "wsaud", "xwma", "shn", "tak",
+    "dsf", "gsm", "g722", "g723_1", "g729", "ircam", "mlp", "nut", "oma", "qcp", "sox", "spdif", "wve",
+})
 
 
 class UndecodableAudio(Exception):
@@ -91,8 +104,8 @@ def _summarize_ffmpeg_error(stderr: str, path: Path) -> str:
 def probe(path: Path) -> AudioInfo:
     """Describe the first audio stream of ``path``; raise :class:`UndecodableAudio` if there is none."""
     cmd = [
-        "ffprobe", "-v", "error", "-select_streams", "a:0",
-        "-show_entries", "stream=codec_name,sample_rate,channels,duration:format=duration",
+        "ffprobe", "-v", "error", *PROTOCOL_WHITELIST, "-select_streams", "a:0",
+        "-show_entries", "stream=codec_name,sample_rate,channels,duration:format=duration,format_name",
         "-of", "json", str(path),
     ]
     try:
@@ -105,6 +118,9 @@ def probe(path: Path) -> AudioInfo:
         data = json.loads(proc.stdout or "{}")
     except json.JSONDecodeError as exc:
         raise UndecodableAudio("ffprobe returned unreadable output") from exc
+    container = str((data.get("format") or {}).get("format_name", ""))
+    if not ACCEPTED_FORMATS.intersection(container.split(",")):
+        raise UndecodableAudio(f"{container or 'this'} files are not accepted: send an audio or video file")
     streams = data.get("streams") or []
     if not streams:
         raise UndecodableAudio("no audio stream found")
@@ -152,7 +168,7 @@ def decode_pcm(path: Path, scratch_dir: Path | None = None, block_samples: int =
                ) -> Iterator[np.ndarray]:
     """ffmpeg's 16 kHz mono float32 decoding of ``path``, in blocks of ``block_samples`` (the last may be short)."""
     cmd = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *PROTOCOL_WHITELIST,
         "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
         "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1",
     ]
@@ -262,11 +278,15 @@ def _widen_pipe(fd: int) -> None:
         pass  # not Linux, or a lower pipe-max-size: the default pipe works, a little slower
 
 
-def _read_full(stream, buffer: bytearray) -> int:  # type: ignore[no-untyped-def]
-    """Fill ``buffer`` from ``stream`` until it is full or the stream ends; return the bytes read."""
+def _read_full(stream, buffer: bytearray, stall_seconds: float = DECODE_STALL_SECONDS) -> int:  # type: ignore[no-untyped-def]
+    """Fill ``buffer`` from ``stream`` until it is full or the stream ends; return the bytes read. Raises
+    :class:`UndecodableAudio` when nothing arrives for ``stall_seconds``."""
     view = memoryview(buffer)
     filled = 0
     while filled < len(buffer):
+        readable, _, _ = select.select([stream], [], [], stall_seconds)
+        if not readable:
+            raise UndecodableAudio(f"decoding stopped producing audio for {stall_seconds:.0f} s")
         n = stream.readinto(view[filled:])
         if not n:
             break

@@ -108,8 +108,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
     port: int = Field(5000, ge=1, le=65535, description="port to listen on")
     max_upload_size: int = Field(4 * 1024**3, gt=0, description="largest accepted request body, e.g. 4G, 512M")
-    cors_origins: str = Field("*", description="origins allowed to call the API from a browser (comma-separated; "
-                                               "empty disables CORS)")
+    cors_origins: str = Field("", description="other web origins allowed to call the API from a browser "
+                                              "(comma-separated, e.g. http://localhost:8080); empty: none, the "
+                                              "server's own page needs none. Never with credentials")
+    allowed_hosts: str = Field("", description="Host names requests may be addressed to (comma-separated; * = "
+                                               "any, e.g. behind a proxy that checks Host itself); empty: this "
+                                               "machine's names, any IP address and localhost. Others get 403 "
+                                               "(DNS rebinding)")
 
     # Folders (the guide's layout under the app directory)
     models_dir: Path = Field(APP_DIR / "Qwen", description="where --local-model looks for checkpoints")

@@ -55,6 +55,11 @@ class Unauthorized(APIError):
     code = "unauthorized"
 
 
+class ForbiddenHost(APIError):
+    status = 403
+    code = "forbidden_host"
+
+
 class NotFound(APIError):
     status = 404
     code = "not_found"

@@ -10,6 +10,7 @@ JSON-able data, so this module knows nothing of the pipeline, HTTP or the databa
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -94,6 +95,14 @@ class Job:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_job_id(value: str) -> bool:
+    """A job id as :func:`new_job_id` makes them: checked before any store lookup (ids reach Redis keys)."""
+    return _JOB_ID.fullmatch(value) is not None
 
 
 class JobStore(Protocol):

@@ -83,3 +83,18 @@ def test_stopping_early_kills_ffmpeg(audio_dir: Path) -> None:
     gen.close()
     children = [p for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
     assert children == []
+
+
+def test_a_decode_that_stops_producing_audio_is_stopped() -> None:
+    import os
+
+    from serve.audio import UndecodableAudio, _read_full
+
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"\0" * 64)  # some audio, then nothing more (and no end of stream)
+        with os.fdopen(read_end, "rb", buffering=0) as stream, \
+                pytest.raises(UndecodableAudio, match="stopped producing audio"):
+            _read_full(stream, bytearray(1024), stall_seconds=0.2)
+    finally:
+        os.close(write_end)

@@ -130,7 +130,7 @@ def test_results_survive_a_restart_and_a_running_job_without_its_upload_is_inter
     transcript = client.get(f"/status/{done}").get_json()["transcription"]
     # A job the process was running when it died:
     store = services_of(first).store
-    crashed = replace(store.get(done), id="crashed0000", status=JobStatus.PROCESSING, stage="running",
+    crashed = replace(store.get(done), id="c" * 32, status=JobStatus.PROCESSING, stage="running",
                       completed_at=None, result=None, output_file=None)
     store.add(crashed)
     services_of(first).close()
@@ -140,7 +140,7 @@ def test_results_survive_a_restart_and_a_running_job_without_its_upload_is_inter
         client = second.test_client()
         again = client.get(f"/status/{done}").get_json()
         assert again["status"] == "completed" and again["transcription"] == transcript
-        lost = client.get("/status/crashed0000").get_json()
+        lost = client.get("/status/" + "c" * 32).get_json()
         assert lost["status"] == "failed" and lost["code"] == "interrupted" and "interrupted" in lost["error"]
     finally:
         services_of(second).close()

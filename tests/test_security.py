@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,69 @@ def test_access_log_is_json_without_the_transcript(app, client, audio_dir: Path,
     client.get("/health", headers={"X-Request-ID": "bad id with spaces"})
     last = json.loads([r for r in caplog.records if r.name == "serve.access"][-1].getMessage())
     assert last["request_id"] != "bad id with spaces" and len(last["request_id"]) == 32
+
+
+def test_no_cross_origin_access_by_default(client) -> None:  # type: ignore[no-untyped-def]
+    evil = {"Origin": "http://evil.example"}
+    assert "Access-Control-Allow-Origin" not in client.get("/jobs", headers=evil).headers
+    preflight = client.options("/jobs/" + "0" * 32, headers={**evil, "Access-Control-Request-Method": "DELETE"})
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+
+
+def test_cors_opt_in_is_per_origin_and_never_with_credentials(make_app) -> None:  # type: ignore[no-untyped-def]
+    client = make_app(cors_origins="http://localhost:8080").test_client()
+    allowed = client.get("/health", headers={"Origin": "http://localhost:8080"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "http://localhost:8080"
+    assert "Access-Control-Allow-Credentials" not in allowed.headers
+    assert "Access-Control-Allow-Origin" not in client.get("/jobs", headers={"Origin": "http://evil.example"}).headers
+
+
+def test_a_foreign_host_is_403_json(client) -> None:  # type: ignore[no-untyped-def]
+    rebound = client.get("/jobs", headers={"Host": "attacker.example:5000"})
+    assert rebound.status_code == 403 and rebound.get_json()["code"] == "forbidden_host"
+    assert "--allowed-hosts" in rebound.get_json()["error"]
+    for host in ("localhost:5000", "127.0.0.1:5000", "[::1]:5000", "192.168.1.20", "[fe80::1]"):
+        assert client.get("/health", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_hosts_names_a_proxy_s_name_or_turns_the_check_off(make_app) -> None:  # type: ignore[no-untyped-def]
+    named = make_app(allowed_hosts="transcribe.example.org").test_client()
+    assert named.get("/health", headers={"Host": "transcribe.example.org"}).status_code == 200
+    assert named.get("/health", headers={"Host": "localhost"}).status_code == 200  # the container's healthcheck
+    assert named.get("/health", headers={"Host": "other.example.org"}).status_code == 403
+    anything = make_app(allowed_hosts="*").test_client()
+    assert anything.get("/health", headers={"Host": "other.example.org"}).status_code == 200
+
+
+def test_failed_key_attempts_count_against_the_rate_limit(make_app, caplog) -> None:  # type: ignore[no-untyped-def]
+    client = make_app(api_key="the-key", rate_limit="3/minute").test_client()
+    with caplog.at_level(logging.INFO, logger="serve.security"):
+        statuses = [client.get("/jobs", headers={"X-API-Key": f"guess-{n}"}).status_code for n in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    assert "guess-" not in caplog.text and "without a valid API key" in caplog.text  # logged, never the key
+
+
+@pytest.mark.parametrize("job_id", ["a:b", "job:" + "0" * 28, "0" * 31, "G" * 32, "0" * 33])
+def test_ill_formed_job_ids_are_404_before_any_lookup(client, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    for response in (client.get(f"/status/{job_id}"), client.get(f"/result/{job_id}"),
+                     client.delete(f"/jobs/{job_id}")):
+        assert response.status_code == 404 and response.get_json()["code"] == "not_found"
+
+
+def test_playlists_are_refused(client, tmp_path: Path, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    playlist = tmp_path / "list.ffconcat"
+    playlist.write_text(f"ffconcat version 1.0\nfile {audio_dir / 'speech.wav'}\n")
+    refused = client.post("/transcribe/json", data=form_upload(playlist, "list.ffconcat"))
+    assert refused.status_code == 415 and refused.get_json()["code"] == "unsupported_media"
+
+
+def test_the_probe_accepts_audio_and_video_containers_only(tmp_path: Path, audio_dir: Path) -> None:
+    from serve.audio import UndecodableAudio, probe
+
+    shutil.copy(audio_dir / "speech.wav", tmp_path / "speech.wav")
+    playlist = tmp_path / "list.ffconcat"  # a reference ffmpeg's concat demuxer would follow
+    playlist.write_text("ffconcat version 1.0\nfile speech.wav\n")
+    with pytest.raises(UndecodableAudio, match="concat files are not accepted"):
+        probe(playlist)
+    for name in ("speech.wav", "speech.mp3", "speech.m4a", "speech.ogg", "speech.flac", "speech_video.mp4"):
+        assert probe(audio_dir / name).duration

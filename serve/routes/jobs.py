@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from ..errors import Conflict, InvalidParameter, NotFound
-from ..jobs import Job, JobStatus
+from ..jobs import Job, JobStatus, is_job_id
 from ..services import services
 from .common import attachment, job_body, transcript_json
 
@@ -16,7 +16,7 @@ MAX_OFFSET = 10**9  # far beyond any job table, well inside the stores' 64-bit i
 
 
 def _job(job_id: str) -> Job:
-    job = services().store.get(job_id)
+    job = services().store.get(job_id) if is_job_id(job_id) else None
     if job is None:
         raise NotFound(f"no job with id {job_id[:64]!r} (it may have expired)", param="job_id")
     return job

@@ -58,7 +58,7 @@ def test_redis_down_answers_503_loses_no_upload_and_recovers(make_app, audio_dir
         assert folder_is_empty(tmp_path / "inputs")  # the upload was not kept for a job that does not exist
         openai = client.post("/v1/audio/transcriptions", data=form_upload(audio_dir / "speech.wav", model="x"))
         assert openai.status_code == 503 and openai.get_json()["error"]["code"] == "store_unavailable"
-        for path in ("/jobs", "/status/abc", "/result/abc"):
+        for path in ("/jobs", "/status/" + "a" * 32, "/result/" + "a" * 32):
             assert client.get(path).status_code == 503, path
         health = client.get("/health")
         assert health.status_code == 503 and health.get_json()["status"] == "unavailable"
@@ -89,3 +89,12 @@ def test_a_worker_refuses_to_start_beside_a_live_namesake(redis_url: str, monkey
         worker._claim(client, "gpu-a")
     client.delete(heartbeat_key("gpu-a"))  # a namesake whose heartbeat expired: the name is free again
     worker._claim(client, "gpu-a")
+
+
+def test_a_job_id_that_would_reach_another_redis_key_is_404(make_app, redis_url: str,  # type: ignore[no-untyped-def]
+                                                            tmp_path: Path) -> None:
+    client = make_app(role="api", redis_url=redis_url, segments_dir=tmp_path / "segments").test_client()
+    redis.Redis.from_url(redis_url).set("qwen:job:x:progress", "{}")  # a key an id with ':' would have read
+    for job_id in ("x:progress", "x", "0" * 32):
+        response = client.get(f"/status/{job_id}")
+        assert response.status_code == 404 and response.get_json()["code"] == "not_found"
