@@ -21,7 +21,7 @@ def _free_port() -> int:
 class RedisServer:
     """redis-server with an append-only file in ``folder``: a restart keeps the data, as in production."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `bash scripts/setup.sh --dev` "
@@ -30,6 +30,7 @@ class RedisServer:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
+        self.password = password  # AUTH required when set, as the compose file's Redis does
         self.process: subprocess.Popen | None = None
 
     @property
@@ -37,12 +38,13 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--save", "", "--logfile", str(self.folder / "redis.log")],
+             "--appendonly", "yes", "--save", "", "--logfile", str(self.folder / "redis.log"),
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while True:

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=AliasChoices("redis_url", "QWEN_OMNI_REDIS_URL", "REDIS_URL"),
                                   description="Redis for --role api/worker, e.g. redis://localhost:6379/0 "
                                               "[also env REDIS_URL]")
+    redis_password: str | None = Field(None, validation_alias=AliasChoices("redis_password", "QWEN_OMNI_REDIS_PASSWORD",
+                                                                            "REDIS_PASSWORD"),
+                                       description="Redis's password (AUTH), if it is not in --redis-url; better "
+                                                   "from env REDIS_PASSWORD, out of ps")
     segments_dir: Path = Field(APP_DIR / "data" / "segments", description="segment audio handed from the API to "
                                                                            "the workers (a folder all roles share)")
     segments_per_task: int = Field(0, ge=0, le=64, description="segments a worker takes at a time, generated as one "

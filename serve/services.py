@@ -189,8 +189,9 @@ class Services:
 
     def close(self) -> None:
         """Shut down (waiting for the running jobs, up to the graceful timeout), then release everything."""
+        shutdown = self.begin_shutdown(self.drain_seconds())  # first: from now on nothing waits for Redis
         self.janitor.stop()
-        self.begin_shutdown(self.drain_seconds()).join()
+        shutdown.join()
         if self.dispatcher is not None:
             self.dispatcher.close()
         self.models.close()

@@ -27,7 +27,8 @@ class ApiBackend:
     @classmethod
     def connect(cls, settings: Settings) -> ApiBackend:
         # A request must not hang on a Redis restart: refuse fast (503), two quick retries at most.
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10,  # type: ignore[arg-type]
+        client = redis.Redis.from_url(settings.redis_url, password=settings.redis_password,  # type: ignore[arg-type]
+                                      socket_connect_timeout=2, socket_timeout=10,
                                       health_check_interval=10, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
         Path(settings.segments_dir).mkdir(parents=True, exist_ok=True)
         store = RedisJobStore(client)

@@ -205,7 +205,7 @@ def run(settings: Settings) -> None:
     global _context
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     # RQ gives its own connection a socket timeout longer than its blocking wait on the queue.
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)  # type: ignore[arg-type]
+    client = redis.Redis.from_url(settings.redis_url, password=settings.redis_password, health_check_interval=10)  # type: ignore[arg-type]
     scheduler = FairScheduler()
     models = ModelManager(engine_loader(settings, scheduler), unloader=close_runner,
                           idle_timeout=settings.idle_timeout, name=MODEL_NAME)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from serve.config import APP_DIR, parse_args
 from tests.conftest import ROOT
-from tests.deploy.conftest import compose_config
+from tests.deploy.conftest import compose_binary, compose_config
 
 GUIDE_FLAGS = ["--checkpoint-path", "Qwen/Qwen2.5-Omni-7B-AWQ", "--host", "0.0.0.0", "--port", "5000",
                "--flash-attn2", "--local-model", "--repetition-penalty", "1.1", "--idle-timeout", "300"]
@@ -29,10 +30,11 @@ def awq() -> dict:
     return compose_config("--profile", "awq")["services"]["qwen2.5-omni-http-awq"]
 
 
-def test_each_profile_validates_and_selects_its_service() -> None:
-    assert list(compose_config("--profile", "awq")["services"]) == ["qwen2.5-omni-http-awq"]
+def test_each_profile_validates_and_selects_its_service(tmp_path: Path) -> None:
+    assert list(compose_config("--profile", "awq")["services"]) == ["qwen2.5-omni-http-awq"]  # no redis.env needed
     assert list(compose_config("--profile", "fp16")["services"]) == ["qwen2.5-omni-http"]
-    assert sorted(compose_config("--profile", "scale")["services"]) == ["api", "redis", "worker-0", "worker-1"]
+    scale = compose_config("--profile", "scale", env=with_redis_secret(tmp_path))["services"]
+    assert sorted(scale) == ["api", "redis", "worker-0", "worker-1"]
     assert compose_config().get("services", {}) == {}  # no profile, nothing starts by accident
 
 
@@ -93,9 +95,16 @@ def test_guides_cuda_visible_devices_example() -> None:
     assert default["services"]["qwen2.5-omni-http-awq"]["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
 
 
+def with_redis_secret(folder: Path, password: str = "test-password") -> dict[str, str]:
+    """The environment for a scale-profile config: a redis.env (never in the repository) under ``folder``."""
+    secret = folder / "redis.env"
+    secret.write_text(f"REDIS_PASSWORD={password}\n")
+    return {**os.environ, "QWEN_OMNI_REDIS_ENV_FILE": str(secret)}
+
+
 @pytest.fixture(scope="module")
-def scale() -> dict:
-    return compose_config("--profile", "scale")["services"]
+def scale(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return compose_config("--profile", "scale", env=with_redis_secret(tmp_path_factory.mktemp("secret")))["services"]
 
 
 def test_scale_profile_one_api_and_one_worker_per_gpu(scale: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,7 +130,25 @@ def test_scale_profile_one_api_and_one_worker_per_gpu(scale: dict, monkeypatch: 
     assert all("qwen:worker:" in " ".join(w["healthcheck"]["test"]) for w in workers)
 
 
+def test_scale_profile_needs_a_redis_password_from_a_file_outside_the_repository() -> None:
+    result = subprocess.run([str(compose_binary()), "--project-directory", str(ROOT), "--profile", "scale", "config"],
+                            capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "QWEN_OMNI_REDIS_ENV_FILE"})
+    assert (ROOT / "redis.env").exists() or (result.returncode != 0 and "redis.env" in result.stderr)
+    assert "redis.env" in (ROOT / ".gitignore").read_text().split()
+    assert "REDIS_PASSWORD=" in (ROOT / "redis.env.example").read_text()
+
+
+def test_scale_profile_redis_and_its_clients_use_the_password(scale: dict) -> None:
+    assert "--requirepass" in " ".join(scale["redis"]["command"]) and "REDISCLI_AUTH" in " ".join(
+        scale["redis"]["healthcheck"]["test"])
+    for name in ("redis", "api", "worker-0", "worker-1"):
+        assert scale[name]["environment"]["REDIS_PASSWORD"] == "test-password", name
+    assert all("password=os.environ['REDIS_PASSWORD']" in " ".join(scale[w]["healthcheck"]["test"])
+               for w in ("worker-0", "worker-1"))
+
+
 def test_scale_profile_redis_keeps_its_data_across_restarts(scale: dict) -> None:
     redis = scale["redis"]
-    assert redis["command"] == ["redis-server", "--appendonly", "yes"]
+    assert "redis-server --appendonly yes" in " ".join(redis["command"])
     assert [v["target"] for v in redis["volumes"]] == ["/data"] and redis["volumes"][0]["type"] == "volume"

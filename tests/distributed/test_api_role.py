@@ -98,3 +98,22 @@ def test_a_job_id_that_would_reach_another_redis_key_is_404(make_app, redis_url:
     for job_id in ("x:progress", "x", "0" * 32):
         response = client.get(f"/status/{job_id}")
         assert response.status_code == 404 and response.get_json()["code"] == "not_found"
+
+
+def test_the_api_role_authenticates_to_a_redis_that_requires_a_password(settings_factory,  # type: ignore[no-untyped-def]
+                                                                         tmp_path: Path) -> None:
+    from serve.app import create_app
+
+    server = RedisServer(tmp_path / "redis", password="s3cret-for-test").start()
+    try:
+        with pytest.raises(redis.AuthenticationError):  # what the compose file's Redis says to a stranger
+            redis.Redis.from_url(server.url).ping()
+        app = create_app(settings_factory(role="api", redis_url=server.url, redis_password="s3cret-for-test",
+                                          segments_dir=tmp_path / "segments"))
+        try:
+            health = app.test_client().get("/health").get_json()
+            assert health["status"] == "ok" and health["redis"] == "ok"
+        finally:
+            app.extensions["qwen_omni"].close()
+    finally:
+        server.stop()

@@ -95,9 +95,10 @@ def test_sigterm_refuses_new_work_and_answers_a_waiting_client_past_the_graceful
 
     client = threading.Thread(target=wait_on_the_connection)
     client.start()
-    wait_until(lambda: len(jobs(server)) == 2 and all(j["progress"]["segments_done"] for j in jobs(server).values()))
+    wait_until(lambda: len(jobs(server)) == 2 and all(j["progress"]["segments_done"] for j in jobs(server).values()),
+               timeout=90)  # the model loads on the first segment
     server.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: requests.get(f"{server.url}/health", timeout=5).json()["shutting_down"])
+    wait_until(lambda: requests.get(f"{server.url}/health", timeout=5).json()["shutting_down"], timeout=30)
     health = requests.get(f"{server.url}/health", timeout=5)
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
     with open(audio_dir / "speech.wav", "rb") as f:
