@@ -13,6 +13,7 @@ second signal exits at once (async jobs still resume at the next start).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -178,7 +179,23 @@ def run_gunicorn(settings: Settings) -> None:
     Server().run()
 
 
+def open_to_the_network_warning(settings: Settings) -> str | None:
+    """What to tell the operator of a server that anyone who reaches it may use (None when that is not so)."""
+    if settings.api_keys:
+        return None
+    try:
+        if ipaddress.ip_address(settings.host).is_loopback:
+            return None
+    except ValueError:
+        if settings.host.lower() == "localhost":
+            return None
+    return (f"listening on {settings.host} without an API key: anyone who reaches this address can transcribe, "
+            "list, read and cancel every job; set QWEN_OMNI_API_KEY (or --api-key)")
+
+
 def serve(settings: Settings) -> None:
+    if (warning := open_to_the_network_warning(settings)) is not None:
+        log.warning(warning)
     log.info("serving on http://%s:%d with %s (checkpoint %s, idle timeout %g s)", settings.host, settings.port,
              settings.server, settings.checkpoint_path, settings.idle_timeout)
     if settings.server == "gunicorn":

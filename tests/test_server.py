@@ -25,3 +25,12 @@ def test_threads_cover_a_full_queue_of_waiting_clients() -> None:
 
 def test_ipv6_hosts_are_bracketed() -> None:
     assert gunicorn_options(Settings(host="::", port=8080))["bind"] == "[::]:8080"
+
+
+def test_a_server_open_to_the_network_without_a_key_is_warned_about() -> None:
+    from serve.server import open_to_the_network_warning
+
+    assert "without an API key" in open_to_the_network_warning(Settings(host="0.0.0.0"))
+    assert open_to_the_network_warning(Settings(host="0.0.0.0", api_key="k")) is None
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        assert open_to_the_network_warning(Settings(host=loopback)) is None
