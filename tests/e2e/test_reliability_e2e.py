@@ -85,32 +85,38 @@ def test_sigterm_refuses_new_work_and_answers_a_waiting_client_past_the_graceful
         tmp_path: Path, tiny_awq_checkpoint: Path, audio_dir: Path) -> None:
     shutil.copytree(tiny_awq_checkpoint, tmp_path / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
     server = start_server(tmp_path, "--local-model", "--graceful-timeout", "4")  # Werkzeug, the default server
-    paused = submit_long_job(server, audio_dir)
-    answer: dict[str, requests.Response] = {}
+    try:
+        paused = submit_long_job(server, audio_dir)
+        answer: dict[str, requests.Response] = {}
 
-    def wait_on_the_connection() -> None:  # far longer than the graceful timeout
-        with open(audio_dir / "long_tone.wav", "rb") as f:
-            answer["sync"] = requests.post(f"{server.url}/transcribe/json", files={"file": f},
-                                           data={"segment_duration": "1", "max_new_tokens": "512"}, timeout=60)
+        def wait_on_the_connection() -> None:  # far longer than the graceful timeout
+            with open(audio_dir / "long_tone.wav", "rb") as f:
+                answer["sync"] = requests.post(f"{server.url}/transcribe/json", files={"file": f},
+                                               data={"segment_duration": "1", "max_new_tokens": "512"}, timeout=60)
 
-    client = threading.Thread(target=wait_on_the_connection)
-    client.start()
-    wait_until(lambda: len(jobs(server)) == 2 and all(j["progress"]["segments_done"] for j in jobs(server).values()),
-               timeout=90)  # the model loads on the first segment
-    server.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: requests.get(f"{server.url}/health", timeout=5).json()["shutting_down"], timeout=30)
-    health = requests.get(f"{server.url}/health", timeout=5)
-    assert health.status_code == 503 and health.json()["status"] == "unavailable"
-    with open(audio_dir / "speech.wav", "rb") as f:
-        refused = requests.post(f"{server.url}/transcribe/json", files={"file": f}, timeout=10)
-    assert refused.status_code == 503 and refused.json()["code"] == "shutting_down"
-    assert refused.headers["Retry-After"]
-    client.join(30)
-    waited = answer["sync"]
-    assert waited.status_code == 503 and waited.json()["code"] == "interrupted"  # answered, not reset
-    assert server.process.wait(15) == 0
-    log = server.log.read_text()
-    assert "graceful timeout: stopping" in log and "Traceback" not in log
+        client = threading.Thread(target=wait_on_the_connection)
+        client.start()
+        wait_until(lambda: len(jobs(server)) == 2
+                   and all(j["progress"]["segments_done"] for j in jobs(server).values()),
+                   timeout=90)  # the model loads on the first segment
+        server.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: requests.get(f"{server.url}/health", timeout=5).json()["shutting_down"], timeout=30)
+        health = requests.get(f"{server.url}/health", timeout=5)
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        with open(audio_dir / "speech.wav", "rb") as f:
+            refused = requests.post(f"{server.url}/transcribe/json", files={"file": f}, timeout=10)
+        assert refused.status_code == 503 and refused.json()["code"] == "shutting_down"
+        assert refused.headers["Retry-After"]
+        client.join(30)
+        waited = answer["sync"]
+        assert waited.status_code == 503 and waited.json()["code"] == "interrupted"  # answered, not reset
+        assert server.process.wait(15) == 0
+        log = server.log.read_text()
+        assert "graceful timeout: stopping" in log and "Traceback" not in log
+    finally:
+        if server.process.poll() is None:  # a failed check must not leave the server running
+            server.process.kill()
+            server.process.wait()
 
     again = start_server(tmp_path, "--local-model")
     try:
