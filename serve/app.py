@@ -48,8 +48,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         register_redis_errors(app)
     if settings.rate_limit:  # before the key check: failed key attempts count against the client
         security.limit_rate(app, settings.rate_limit)
-    if settings.api_keys:
-        security.require_api_key(app, settings.api_keys)
+    if settings.api_keys:  # user or admin keys: every job then belongs to the key that created it
+        security.require_api_key(app, settings.user_keys, settings.admin_keys)
 
     @app.teardown_request
     def _discard_unclaimed_uploads(_exc: BaseException | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +38,23 @@ def parse_size(value: str | int) -> int:
     if not match:
         raise ValueError(f"not a size: {value!r} (use e.g. 4G, 512M or a number of bytes)")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def _comma_list(value: str | None) -> list[str]:
+    return [k.strip() for k in (value or "").split(",") if k.strip()]
+
+
+def read_key_file(path: Path) -> list[str]:
+    """The keys in ``path``, one per line; blank lines and ``#`` comments are skipped. Raises ValueError when
+    the file cannot be read or holds no key (a server that meant to require keys must not start open)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the key file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise ValueError(f"the key file {str(path)!r} holds no key (one per line; # starts a comment)")
+    return keys
 
 
 class Settings(BaseSettings):
@@ -97,7 +115,12 @@ class Settings(BaseSettings):
 
     # Security
     api_key: str | None = Field(None, description="require this key (comma-separate several) as 'Authorization: "
-                                                  "Bearer KEY' or 'X-API-Key: KEY'; /health stays open")
+                                                  "Bearer KEY' or 'X-API-Key: KEY'; /health stays open. Each "
+                                                  "key sees only the jobs it created")
+    api_key_file: Path | None = Field(None, description="more keys like --api-key, one per line (blank lines and "
+                                                        "# comments ignored), kept out of ps and the environment")
+    admin_key: str | None = Field(None, description="keys (comma-separated) that are accepted like --api-key and "
+                                                    "also see and cancel every job")
     rate_limit: str | None = Field(None, description="per-client request limit, e.g. '60/minute' or "
                                                      "'10/second;500/hour' (off by default)")
 
@@ -140,10 +163,17 @@ class Settings(BaseSettings):
     def _parse_size(cls, value: str | int) -> int:
         return parse_size(value)
 
-    @field_validator("api_key", "rate_limit", mode="before")
+    @field_validator("api_key", "api_key_file", "admin_key", "rate_limit", mode="before")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value if value is None or str(value).strip() else None
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_has_keys(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_key_file(value)  # a bad file stops the start here, not at the first request
+        return value
 
     @field_validator("rate_limit")
     @classmethod
@@ -170,9 +200,21 @@ class Settings(BaseSettings):
         # A synchronous client holds a thread while its job waits and while it runs.
         return self.threads or self.queue_depth + self.concurrent_jobs + 32
 
+    @cached_property
+    def user_keys(self) -> list[str]:
+        """Keys that see their own jobs: --api-key and the lines of --api-key-file (read once)."""
+        from_file = read_key_file(self.api_key_file) if self.api_key_file is not None else []
+        return _comma_list(self.api_key) + from_file
+
+    @property
+    def admin_keys(self) -> list[str]:
+        """Keys that see every job."""
+        return _comma_list(self.admin_key)
+
     @property
     def api_keys(self) -> list[str]:
-        return [k.strip() for k in (self.api_key or "").split(",") if k.strip()]
+        """Every accepted key, user and admin: when there is one, every request but /health needs a key."""
+        return self.user_keys + self.admin_keys
 
     @field_validator("device")
     @classmethod

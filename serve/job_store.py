@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempt_from INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     error_code TEXT,
-    error_status INTEGER
+    error_status INTEGER,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_completion ON jobs (completed_at);
@@ -57,12 +58,14 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT
 # Columns added after the first release, for tables made by earlier versions.
 _ADDED_COLUMNS = (("partial", "TEXT"), ("output_error", "TEXT"),
                   ("attempts", "INTEGER NOT NULL DEFAULT 0"),
-                  ("attempt_from", "INTEGER NOT NULL DEFAULT 0"))
+                  ("attempt_from", "INTEGER NOT NULL DEFAULT 0"), ("owner", "TEXT"))
+# Indexes on added columns: made once the columns exist.
+_ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);"
 
 _COLUMNS = ("id", "kind", "status", "stage", "filename", "input_path", "output_format", "params",
             "audio_duration", "created_at", "started_at", "completed_at", "segments_done", "segments_total",
             "audio_seconds_done", "partial", "result", "output_file", "output_error", "attempts", "attempt_from",
-            "error", "error_code", "error_status")
+            "error", "error_code", "error_status", "owner")
 
 
 def _time(value: datetime | None) -> str | None:
@@ -83,7 +86,7 @@ def _row(job: Job) -> tuple[Any, ...]:
         json.dumps(job.result, ensure_ascii=False) if job.result is not None else None, job.output_file,
         job.output_error, job.attempts, job.attempt_from,
         failure.message if failure else None, failure.code if failure else None,
-        failure.http_status if failure else None,
+        failure.http_status if failure else None, job.owner,
     )
 
 
@@ -116,6 +119,7 @@ def _job(row: sqlite3.Row) -> Job:
         failure=failure,
         attempts=row["attempts"],
         attempt_from=row["attempt_from"],
+        owner=row["owner"],
     )
 
 
@@ -135,6 +139,7 @@ class SqliteJobStore:
             for column, kind in _ADDED_COLUMNS:
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            self._db.executescript(_ADDED_INDEXES)
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -164,8 +169,17 @@ class SqliteJobStore:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
-    def list(self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
-        where, args = ("WHERE status = ?", [status.value]) if status else ("", [])
+    def list(self, *, status: JobStatus | None = None, owner: str | None = None, limit: int = 50,
+             offset: int = 0) -> list[Job]:
+        conditions: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            conditions.append("status = ?")
+            args.append(status.value)
+        if owner is not None:
+            conditions.append("owner = ?")
+            args.append(owner)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = self._query(f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ? OFFSET ?",
                            [*args, limit, offset])
         return [_job(r) for r in rows]

@@ -87,6 +87,9 @@ class Job:
     # the process is failed, not resumed.
     attempts: int = 0
     attempt_from: int = 0
+    # Who may see the job: the owner id of the API key that created it (a hash, see security.owner_id);
+    # None when the server had no keys then.
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -116,7 +119,9 @@ class JobStore(Protocol):
     def count_attempt(self, job_id: str) -> None:
         """The job's segments are entering the model: one more attempt at its current segment (or the first
         at a new one), without touching its progress."""
-    def list(self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> list[Job]: ...
+    def list(self, *, status: JobStatus | None = None, owner: str | None = None, limit: int = 50,
+             offset: int = 0) -> list[Job]:
+        """Jobs newest first, of one status and one owner when given (None: any)."""
     def unfinished(self) -> list[Job]: ...
     def delete(self, job_ids: Iterable[str]) -> None: ...
     def finished_before(self, moment: datetime) -> list[Job]: ...

@@ -206,7 +206,7 @@ SCHEMAS = (Error, OpenAIError, Health, Transcription, Job, JobList, TranscribeFo
 _ERRORS = {
     "BadRequest": (400, "a bad parameter, or no file"),
     "Unauthorized": (401, "an API key is required"),
-    "NotFound": (404, "no such job"),
+    "NotFound": (404, "no such job, or it belongs to another API key"),
     "Conflict": (409, "the job is not in a state for this (not finished, already finished, or cancelled)"),
     "TooLarge": (413, "the upload is over the size limit"),
     "Unsupported": (415, "the file cannot be decoded as audio"),

@@ -1,14 +1,20 @@
-"""Host checks against DNS rebinding, the optional API key and per-client rate limiting. /health stays open
-to the key and the limit (for monitors and Docker)."""
+"""Host checks against DNS rebinding, the optional API keys and per-client rate limiting. /health stays open
+to the key and the limit (for monitors and Docker).
+
+Each key owns the jobs it creates: a request learns its owner (a hash of its key, never the key) and whether
+its key is an admin key, which sees every job."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
 import socket
+from collections.abc import Sequence
+from typing import NamedTuple
 
-from flask import Flask, request
+from flask import Flask, current_app, g, request
 
 from .errors import ForbiddenHost, Unauthorized
 
@@ -71,9 +77,28 @@ def _supplied_key() -> str | None:
     return request.headers.get("X-API-Key")
 
 
-def require_api_key(app: Flask, keys: list[str]) -> None:
-    """Refuse requests without one of ``keys`` (Authorization: Bearer, or X-API-Key), compared in constant time."""
-    expected = [k.encode() for k in keys]
+KEYS_REQUIRED = "qwen_omni.keys_required"  # app.config: this app checks keys, so jobs have owners
+
+
+def owner_id(key: str) -> str:
+    """The stable owner id of the jobs ``key`` creates: a hash, so the job store never holds a key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class _Key(NamedTuple):
+    secret: bytes
+    owner: str
+    admin: bool
+
+
+def require_api_key(app: Flask, keys: Sequence[str], admin_keys: Sequence[str] = ()) -> None:
+    """Refuse requests without one of ``keys`` or ``admin_keys`` (Authorization: Bearer, or X-API-Key), compared
+    in constant time; a request that passes carries its owner and whether it sees every job (see
+    :func:`request_owner`, :func:`sees_all_jobs`)."""
+    # Admin keys first: a key listed both ways is an admin key.
+    expected = [_Key(k.encode(), owner_id(k), True) for k in admin_keys]
+    expected += [_Key(k.encode(), owner_id(k), False) for k in keys]
+    app.config[KEYS_REQUIRED] = True
 
     @app.before_request
     def _check_api_key() -> None:
@@ -81,11 +106,38 @@ def require_api_key(app: Flask, keys: list[str]) -> None:
             return  # CORS preflights carry no credentials; health checks must work without them
         supplied = (_supplied_key() or "").encode()
         # Compare against every key without stopping early: timing says nothing about which one matched.
-        matches = [hmac.compare_digest(supplied, key) for key in expected]
+        matches = [hmac.compare_digest(supplied, key.secret) for key in expected]
         if not any(matches):
             log.info("refused a request without a valid API key from %s to %s", request.remote_addr, request.path)
             raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>' or "
                                "'X-API-Key: <key>'", headers={"WWW-Authenticate": 'Bearer realm="transcription"'})
+        key = expected[matches.index(True)]
+        g.job_owner, g.sees_all_jobs = key.owner, key.admin
+
+
+def _keys_required() -> bool:
+    return bool(current_app.config.get(KEYS_REQUIRED))
+
+
+def request_owner() -> str | None:
+    """The owner id of this request's key, for the jobs it creates; None when the server has no keys."""
+    return g.get("job_owner") if _keys_required() else None
+
+
+def sees_all_jobs() -> bool:
+    """Whether this request may see and cancel every job: an admin key, or a server without keys."""
+    if not _keys_required():
+        return True
+    return bool(g.get("sees_all_jobs", False))  # no key checked (cannot happen on a job route): nothing more
+
+
+def may_see(job_owner: str | None) -> bool:
+    """Whether this request may see a job owned by ``job_owner``. Jobs without an owner (made before keys
+    were configured) are an admin's only."""
+    if sees_all_jobs():
+        return True
+    owner = request_owner()
+    return owner is not None and job_owner == owner
 
 
 def limit_rate(app: Flask, limit: str) -> None:

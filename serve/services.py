@@ -145,9 +145,10 @@ class Services:
         return services
 
     def submit(self, upload: Upload, params: TranscriptionParams, output_format: str, kind: JobKind,
-               audio_duration: float | None) -> Job:
+               audio_duration: float | None, owner: str | None = None) -> Job:
+        """Queue a job for ``upload``, belonging to ``owner`` (the submitting key's owner id, None without keys)."""
         job = Job(id=new_job_id(), kind=kind, input_path=upload.path, filename=upload.filename,
-                  params=asdict(params), output_format=output_format, audio_duration=audio_duration)
+                  params=asdict(params), output_format=output_format, audio_duration=audio_duration, owner=owner)
         try:
             if self.cluster is not None:
                 self.cluster.require_workers()  # no worker at all: say so now, as a failed model load would

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,47 @@ def test_scale_out_roles_need_redis(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     # Running jobs share the model segment by segment in both modes: many run at once by default.
     assert (parse_args([]).concurrent_jobs, parse_args(["--role", "api"]).concurrent_jobs) == (32, 32)
     assert parse_args(["--role", "api", "--concurrent-jobs", "4"]).concurrent_jobs == 4
+
+
+def test_keys_come_from_the_flag_the_key_file_and_the_admin_flag(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# team keys\n\n  alpha  \nbeta\n   # an indented comment\ngam#ma\n")
+    s = parse_args(["--api-key", "one, two", "--api-key-file", str(keys), "--admin-key", "root1,root2"])
+    assert s.user_keys == ["one", "two", "alpha", "beta", "gam#ma"]  # only whole-line comments
+    assert s.admin_keys == ["root1", "root2"]
+    assert s.api_keys == s.user_keys + s.admin_keys
+    monkeypatch.setenv("QWEN_OMNI_API_KEY_FILE", str(keys))
+    monkeypatch.setenv("QWEN_OMNI_ADMIN_KEY", "root")
+    s = parse_args([])
+    assert (s.user_keys, s.admin_keys) == (["alpha", "beta", "gam#ma"], ["root"])
+
+
+def test_blank_key_settings_mean_no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("API_KEY", "API_KEY_FILE", "ADMIN_KEY"):
+        monkeypatch.setenv(f"QWEN_OMNI_{name}", "  ")  # as a compose file passes an unset variable
+    s = parse_args([])
+    assert (s.api_key_file, s.user_keys, s.admin_keys, s.api_keys) == (None, [], [], [])
+    assert parse_args(["--admin-key", "root"]).api_keys == ["root"]  # an admin key alone requires keys
+
+
+@pytest.mark.parametrize(("content", "problem"), [(None, "cannot read the key file"),
+                                                  ("\n# only comments\n\n", "holds no key"),
+                                                  (b"\xff\xfe\x00k", "cannot read the key file")])
+def test_a_bad_key_file_stops_the_start(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        content: str | bytes | None, problem: str) -> None:
+    keys = tmp_path / "keys.txt"
+    if isinstance(content, bytes):
+        keys.write_bytes(content)
+    elif content is not None:
+        keys.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--api-key-file", str(keys)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--api-key-file" in err and problem in err and str(keys) in err
+
+
+def test_an_unreadable_key_file_stops_the_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--api-key-file", str(tmp_path)])  # a folder, not a file
+    assert "cannot read the key file" in capsys.readouterr().err

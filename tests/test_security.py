@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import form_upload
+from tests.conftest import form_upload, services_of, wait_until
 
 
 def upload(path: Path) -> dict:
@@ -137,3 +137,99 @@ def test_the_probe_accepts_audio_and_video_containers_only(tmp_path: Path, audio
         probe(playlist)
     for name in ("speech.wav", "speech.mp3", "speech.m4a", "speech.ogg", "speech.flac", "speech_video.mp4"):
         assert probe(audio_dir / name).duration
+
+
+KEY_A, KEY_B, ADMIN = {"X-API-Key": "key-a"}, {"Authorization": "Bearer key-b"}, {"X-API-Key": "the-admin"}
+
+
+def finished_job(client, audio_dir: Path, key: dict) -> str:  # type: ignore[no-untyped-def]
+    """An async job submitted with ``key``, once it has completed."""
+    submitted = client.post("/transcribe/async", data=upload(audio_dir / "speech.wav"), headers=key)
+    assert submitted.status_code == 202
+    job_id = submitted.get_json()["job_id"]
+    wait_until(lambda: client.get(f"/status/{job_id}", headers=key).get_json()["status"] != "processing", 60)
+    assert client.get(f"/status/{job_id}", headers=key).get_json()["status"] == "completed"
+    return job_id
+
+
+def listed(client, key: dict, **query: str) -> set[str]:  # type: ignore[no-untyped-def]
+    response = client.get("/jobs", headers=key, query_string=query)
+    assert response.status_code == 200
+    return {j["job_id"] for j in response.get_json()["jobs"]}
+
+
+def test_each_key_sees_only_its_own_jobs_and_an_admin_sees_all(make_app, audio_dir: Path,  # type: ignore[no-untyped-def]
+                                                               tmp_path: Path) -> None:
+    from serve.jobs import Job, JobKind, new_job_id
+    from serve.security import owner_id
+
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("# one key per line\nkey-b\n")
+    app = make_app(api_key="key-a", api_key_file=key_file, admin_key="the-admin")
+    client = app.test_client()
+    a_job, b_job = finished_job(client, audio_dir, KEY_A), finished_job(client, audio_dir, KEY_B)
+    store = services_of(app).store
+    assert store.get(a_job).owner == owner_id("key-a") != "key-a"  # a hash of the key, never the key
+    for url in (f"/status/{a_job}", f"/result/{a_job}", f"/result/{a_job}?format=srt"):
+        assert client.get(url, headers=KEY_A).status_code == 200
+        assert client.get(url, headers=ADMIN).status_code == 200
+        other = client.get(url, headers=KEY_B)  # the same answer as for an id that does not exist
+        assert other.status_code == 404 and other.get_json()["code"] == "not_found"
+    assert client.delete(f"/jobs/{a_job}", headers=KEY_B).status_code == 404
+    assert client.delete(f"/jobs/{a_job}", headers=KEY_A).status_code == 409  # found: it has finished
+    assert client.delete(f"/jobs/{b_job}", headers=ADMIN).status_code == 409
+    assert listed(client, KEY_A) == {a_job} and listed(client, KEY_B) == {b_job}
+    assert listed(client, KEY_B, status="completed") == {b_job} and listed(client, KEY_B, status="failed") == set()
+    assert listed(client, ADMIN) == {a_job, b_job}
+    assert client.get("/jobs").status_code == 401 and client.get(f"/status/{a_job}").status_code == 401
+
+    # A job from before keys were set has no owner: an admin's only.
+    ownerless = Job(id=new_job_id(), kind=JobKind.ASYNC, input_path=tmp_path / "gone.wav", filename="old.wav",
+                    params={})
+    store.add(ownerless)
+    assert client.get(f"/status/{ownerless.id}", headers=KEY_A).status_code == 404
+    assert client.delete(f"/jobs/{ownerless.id}", headers=KEY_A).status_code == 404
+    assert ownerless.id not in listed(client, KEY_A) | listed(client, KEY_B)
+    assert client.get(f"/status/{ownerless.id}", headers=ADMIN).status_code == 200
+    assert ownerless.id in listed(client, ADMIN)
+    cancelled = client.delete(f"/jobs/{ownerless.id}", headers=ADMIN)  # an admin cancels any job
+    assert cancelled.status_code == 200 and cancelled.get_json()["cancel_requested"] is True
+
+
+def test_a_cancel_with_another_key_leaves_the_job_alone(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from serve.jobs import Job, JobKind, new_job_id
+    from serve.security import owner_id
+
+    app = make_app(api_key="key-a,key-b")
+    client = app.test_client()
+    store = services_of(app).store
+    job = Job(id=new_job_id(), kind=JobKind.ASYNC, input_path=tmp_path / "a.wav", filename="a.wav", params={},
+              owner=owner_id("key-a"))
+    store.add(job)
+    assert client.delete(f"/jobs/{job.id}", headers=KEY_B).status_code == 404
+    assert not services_of(app).jobs.cancel_requested(job.id)
+    assert client.delete(f"/jobs/{job.id}", headers=KEY_A).status_code == 200
+
+
+def test_the_openai_endpoint_records_the_key_s_owner(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from serve.security import owner_id
+
+    app = make_app(api_key="key-a,key-b")
+    client = app.test_client()
+    response = client.post("/v1/audio/transcriptions", data={**upload(audio_dir / "speech.wav"), "model": "any"},
+                           headers=KEY_B)
+    assert response.status_code == 200
+    store = services_of(app).store
+    (job,) = store.list()
+    assert job.owner == owner_id("key-b") and listed(client, KEY_B) == {job.id} and listed(client, KEY_A) == set()
+
+
+def test_without_keys_every_job_stays_open(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from serve.jobs import Job, JobKind, new_job_id
+
+    app = make_app()
+    client = app.test_client()
+    owned = Job(id=new_job_id(), kind=JobKind.ASYNC, input_path=tmp_path / "a.wav", filename="a.wav", params={},
+                owner="0" * 32)  # made while keys were configured
+    services_of(app).store.add(owned)
+    assert client.get(f"/status/{owned.id}").status_code == 200 and listed(client, {}) == {owned.id}

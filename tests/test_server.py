@@ -32,5 +32,6 @@ def test_a_server_open_to_the_network_without_a_key_is_warned_about() -> None:
 
     assert "without an API key" in open_to_the_network_warning(Settings(host="0.0.0.0"))
     assert open_to_the_network_warning(Settings(host="0.0.0.0", api_key="k")) is None
+    assert open_to_the_network_warning(Settings(host="0.0.0.0", admin_key="k")) is None  # admin keys count too
     for loopback in ("127.0.0.1", "::1", "localhost"):
         assert open_to_the_network_warning(Settings(host=loopback)) is None

@@ -1,7 +1,9 @@
 """The job table in Redis, for the API role: the same JobStore interface as the SQLite one.
 
 A job is a JSON value at ``qwen:job:<id>`` (its progress, written often, has a key of its own), indexed by
-sorted sets: all jobs by creation time, one set per status, and finished jobs by completion time.
+sorted sets: all jobs by creation time, one set per status, and finished jobs by completion time; a job with
+an owner is also in its owner's sets (``qwen:jobs:owner:<owner>`` and one per status), so listing one
+owner's jobs is a page of one sorted set.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def job_to_json(job: Job) -> str:
         "started_at": _stamp(job.started_at), "completed_at": _stamp(job.completed_at), "result": job.result,
         "output_file": job.output_file, "output_error": job.output_error,
         "failure": asdict(job.failure) if job.failure else None,
-        "attempts": job.attempts, "attempt_from": job.attempt_from,
+        "attempts": job.attempts, "attempt_from": job.attempt_from, "owner": job.owner,
     }, ensure_ascii=False)
 
 
@@ -63,8 +65,19 @@ def job_from_json(data: str, progress: str | None) -> Job:
                           tuple(p.get("partial", ()))),
         result=d["result"], output_file=d["output_file"], output_error=d.get("output_error"),
         failure=JobFailure(**d["failure"]) if d["failure"] else None,
-        attempts=d.get("attempts", 0), attempt_from=d.get("attempt_from", 0),
+        attempts=d.get("attempts", 0), attempt_from=d.get("attempt_from", 0), owner=d.get("owner"),
     )
+
+
+def _scope(owner: str | None) -> tuple[str, ...]:
+    """The prefix of a family of indexes (all by creation time, then one per status): every job's (None), or
+    one owner's."""
+    return ("jobs",) if owner is None else ("jobs", "owner", owner)
+
+
+def _scopes(owner: str | None) -> list[tuple[str, ...]]:
+    """The index families a job with this owner is in."""
+    return [_scope(None)] if owner is None else [_scope(None), _scope(owner)]
 
 
 class RedisJobStore:
@@ -77,11 +90,12 @@ class RedisJobStore:
         pipe.set(redis_key("job", job.id), job_to_json(job))
         if with_progress:
             pipe.set(redis_key("job", job.id, "progress"), json.dumps(asdict(job.progress), ensure_ascii=False))
-        pipe.zadd(redis_key("jobs"), {job.id: created})
-        for status in JobStatus:
-            if status is not job.status:
-                pipe.zrem(redis_key("jobs", status.value), job.id)
-        pipe.zadd(redis_key("jobs", job.status.value), {job.id: created})
+        for scope in _scopes(job.owner):
+            pipe.zadd(redis_key(*scope), {job.id: created})
+            for status in JobStatus:
+                if status is not job.status:
+                    pipe.zrem(redis_key(*scope, status.value), job.id)
+            pipe.zadd(redis_key(*scope, job.status.value), {job.id: created})
         if job.finished and job.completed_at:
             pipe.zadd(redis_key("jobs", "finished"), {job.id: job.completed_at.timestamp()})
         pipe.execute()
@@ -128,8 +142,10 @@ class RedisJobStore:
         values = self.redis.mget(keys)
         return [job_from_json(values[n], values[n + 1]) for n in range(0, len(values), 2) if values[n]]
 
-    def list(self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
-        index = redis_key("jobs", status.value) if status else redis_key("jobs")
+    def list(self, *, status: JobStatus | None = None, owner: str | None = None, limit: int = 50,
+             offset: int = 0) -> list[Job]:
+        scope = _scope(owner)
+        index = redis_key(*scope, status.value) if status else redis_key(*scope)
         return self._many(self.redis.zrevrange(index, offset, offset + limit - 1))
 
     def unfinished(self) -> list[Job]:
@@ -145,14 +161,20 @@ class RedisJobStore:
         ids = list(job_ids)
         if not ids:
             return
-        indexes = [redis_key("jobs"), redis_key("jobs", "finished"), *(redis_key("jobs", s.value) for s in JobStatus)]
+        owners = self._owners(ids)  # the record names the owner's indexes the id is in
         pipe = self.redis.pipeline()
         for job_id in ids:
             pipe.delete(redis_key("job", job_id), redis_key("job", job_id, "progress"), redis_key("job", job_id,
                                                                                                  "pieces"))
-            for index in indexes:
-                pipe.zrem(index, job_id)
+            pipe.zrem(redis_key("jobs", "finished"), job_id)
+            for scope in _scopes(owners.get(job_id)):
+                for index in (redis_key(*scope), *(redis_key(*scope, s.value) for s in JobStatus)):
+                    pipe.zrem(index, job_id)
         pipe.execute()
+
+    def _owners(self, ids: list[str]) -> dict[str, str | None]:
+        records = self.redis.mget([redis_key("job", job_id) for job_id in ids])
+        return {job_id: json.loads(data).get("owner") for job_id, data in zip(ids, records, strict=True) if data}
 
     def count(self) -> int:
         return self.redis.zcard(redis_key("jobs"))

@@ -1,10 +1,14 @@
-"""GET /status/<job_id> (the guide's), GET /jobs, DELETE /jobs/<job_id>."""
+"""GET /status/<job_id> (the guide's), GET /jobs, DELETE /jobs/<job_id>.
+
+With API keys, each key sees only the jobs it created (an admin key sees every job): another key's job is
+the same 404 as an unknown id, so job ids reveal nothing across keys."""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from ..errors import Conflict, InvalidParameter, NotFound
+from .. import security
+from ..errors import Conflict, InvalidParameter, NotFound, Unauthorized
 from ..jobs import Job, JobStatus, is_job_id
 from ..services import services
 from .common import attachment, job_body, transcript_json
@@ -16,8 +20,9 @@ MAX_OFFSET = 10**9  # far beyond any job table, well inside the stores' 64-bit i
 
 
 def _job(job_id: str) -> Job:
+    """The job, if this request may see it; otherwise the 404 of an unknown id."""
     job = services().store.get(job_id) if is_job_id(job_id) else None
-    if job is None:
+    if job is None or not security.may_see(job.owner):
         raise NotFound(f"no job with id {job_id[:64]!r} (it may have expired)", param="job_id")
     return job
 
@@ -78,10 +83,10 @@ def job_result(job_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/jobs")
 def list_jobs():  # type: ignore[no-untyped-def]
-    """Recent jobs, newest first
+    """Recent jobs, newest first: with API keys, the jobs of the requester's key (every job for an admin key)
     ---
     get:
-      summary: Recent jobs, newest first
+      summary: Recent jobs, newest first (with API keys, the requester's own; every job for an admin key)
       parameters:
         - {name: status, in: query, schema: {type: string, enum: [processing, completed, failed, cancelled]}}
         - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 50}}
@@ -111,8 +116,18 @@ def list_jobs():  # type: ignore[no-untyped-def]
         raise InvalidParameter(f"limit must be 1 to {MAX_PAGE}", param="limit")
     if not 0 <= offset <= MAX_OFFSET:
         raise InvalidParameter(f"offset must be 0 to {MAX_OFFSET}", param="offset")
-    jobs = services().store.list(status=wanted, limit=limit, offset=offset)
+    jobs = services().store.list(status=wanted, owner=_listed_owner(), limit=limit, offset=offset)
     return jsonify(jobs=[job_body(j, with_result=False) for j in jobs], limit=limit, offset=offset)
+
+
+def _listed_owner() -> str | None:
+    """Whose jobs /jobs lists: the requester's, or None (every job) for an admin or a server without keys."""
+    if security.sees_all_jobs():
+        return None
+    owner = security.request_owner()
+    if owner is None:  # no key was checked: never widen that to every job
+        raise Unauthorized("a valid API key is required")
+    return owner
 
 
 @bp.delete("/jobs/<job_id>")

@@ -8,6 +8,7 @@ import socket
 
 from flask import Blueprint, g, jsonify, request, url_for
 
+from .. import security
 from ..audio import UndecodableAudio, probe
 from ..errors import JobFailed, QueueFullError, ShuttingDownError, StoreUnavailableError, UnsupportedMedia
 from ..jobs import Job, JobFailure, JobKind, JobStatus, QueueFull, ShuttingDown, StoreUnavailable
@@ -49,7 +50,7 @@ def submit_upload(output_format: str, kind: JobKind, params: TranscriptionParams
         raise UnsupportedMedia(f"the file could not be decoded as audio: {exc.reason}", param="file") from exc
     g.audio_seconds = info.duration
     try:
-        job = services().submit(upload, params, output_format, kind, info.duration)
+        job = services().submit(upload, params, output_format, kind, info.duration, owner=security.request_owner())
     except QueueFull as exc:
         raise QueueFullError(f"{exc}; retry in about {exc.retry_after} s",
                              headers={"Retry-After": str(exc.retry_after)}) from exc
