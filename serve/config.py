@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
     port: int = Field(5000, ge=1, le=65535, description="port to listen on")
     max_upload_size: int = Field(4 * 1024**3, gt=0, description="largest accepted request body, e.g. 4G, 512M")
+    client_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a client may send nothing while its "
+                                                                   "request arrives: then 408, and what it sent "
+                                                                   "is deleted")
+    min_upload_rate: int = Field(1024, ge=0, description="bytes per second a request must average once its first "
+                                                         "--client-timeout seconds are over (e.g. 1K; 0 = no "
+                                                         "minimum): slower ones get 408")
     cors_origins: str = Field("", description="other web origins allowed to call the API from a browser "
                                               "(comma-separated, e.g. http://localhost:8080); empty: none, the "
                                               "server's own page needs none. Never with credentials")
@@ -158,7 +164,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be between {MIN_SEGMENT_SECONDS:g} and {MAX_SEGMENT_SECONDS:g} seconds")
         return value
 
-    @field_validator("max_upload_size", mode="before")
+    @field_validator("max_upload_size", "min_upload_rate", mode="before")
     @classmethod
     def _parse_size(cls, value: str | int) -> int:
         return parse_size(value)

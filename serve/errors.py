@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -146,14 +147,19 @@ def _openai_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def error_response(message: str, code: str, status: int, param: str | None = None) -> tuple[Response, int]:
-    """The native error shape, or OpenAI's ``{"error": {message, type, param, code}}`` under /v1/."""
-    if request.path.startswith(OPENAI_PREFIX):
-        return jsonify(error={"message": message, "type": _openai_type(status), "param": param, "code": code}), status
-    body = {"status": "error", "error": message, "code": code}
+def error_body(message: str, code: str, status: int, param: str | None = None, *,
+               openai: bool = False) -> dict[str, Any]:
+    """The native error shape, or OpenAI's ``{"error": {message, type, param, code}}`` (for /v1/)."""
+    if openai:
+        return {"error": {"message": message, "type": _openai_type(status), "param": param, "code": code}}
+    body: dict[str, Any] = {"status": "error", "error": message, "code": code}
     if param:
         body["param"] = param
-    return jsonify(body), status
+    return body
+
+
+def error_response(message: str, code: str, status: int, param: str | None = None) -> tuple[Response, int]:
+    return jsonify(error_body(message, code, status, param, openai=request.path.startswith(OPENAI_PREFIX))), status
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -13,6 +13,7 @@ second signal exits at once (async jobs still resume at the next start).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -26,6 +27,7 @@ from typing import Any
 from flask import Flask
 
 from .config import Settings
+from .intake import Intake, IntakeLimits, IntakeSocket
 from .services import EXTENSION_KEY, Services
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 # gunicorn kills a worker that stops heart-beating for this long; gthread workers heart-beat from their
 # main loop while request threads run, so a 30-minute transcription does not count against it.
 WORKER_HEARTBEAT_TIMEOUT = 120
+KEEPALIVE_SECONDS = 5
+WORKER_CONNECTIONS = 4096
+LISTEN_BACKLOG = 2048  # gunicorn's default
 
 
 def _services(app: Flask) -> Services | None:
@@ -90,14 +95,13 @@ class _InFlight:
 
 
 def run_werkzeug(settings: Settings) -> None:
-    from werkzeug.serving import make_server
-
     from .app import create_app
 
     app = create_app(settings)
     in_flight = _InFlight(app.wsgi_app)
     app.wsgi_app = in_flight  # type: ignore[method-assign]
-    server = make_server(settings.host, settings.port, app, threaded=True)
+    intake = Intake(intake_limits(settings)).start()
+    server = _intake_werkzeug_server(settings, app, intake)
     stopping = threading.Event()
 
     def drain_and_stop() -> None:
@@ -121,7 +125,70 @@ def run_werkzeug(settings: Settings) -> None:
     try:
         server.serve_forever()
     finally:
+        intake.stop()
         _close_services(app)
+
+
+def intake_limits(settings: Settings) -> IntakeLimits:
+    return IntakeLimits(client_timeout=settings.client_timeout, min_rate=settings.min_upload_rate,
+                        max_body=settings.max_upload_size, keepalive=KEEPALIVE_SECONDS,
+                        spool_dir=settings.temp_dir)
+
+
+def _intake_werkzeug_server(settings: Settings, app: Flask, intake: Intake) -> Any:
+    """Werkzeug's threaded server, starting a connection's thread only once the intake has its request."""
+    from werkzeug.serving import ThreadedWSGIServer
+
+    class IntakeWSGIServer(ThreadedWSGIServer):
+        request_queue_size = LISTEN_BACKLOG  # Werkzeug's 128 makes a burst of connections wait for SYN retries
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            conn = IntakeSocket(request, intake)
+            start_thread = super().process_request
+            intake.receive(conn, on_ready=lambda: start_thread(conn, client_address), on_closed=lambda: None)
+
+    settings.temp_dir.mkdir(parents=True, exist_ok=True)
+    return IntakeWSGIServer(settings.host, settings.port, app)
+
+
+def _intake_worker_class(limits: IntakeLimits) -> type:
+    """gunicorn's gthread worker, handing a connection to a request thread only once the intake has its
+    request: a slow client holds a socket, never a thread."""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class IntakeThreadWorker(ThreadWorker):
+        def init_process(self) -> None:
+            if limits.spool_dir is not None:
+                limits.spool_dir.mkdir(parents=True, exist_ok=True)
+            self.intake = Intake(limits).start()
+            super().init_process()
+
+        def enqueue_req(self, conn: Any) -> None:
+            if not isinstance(conn.sock, IntakeSocket):
+                conn.sock = IntakeSocket(conn.sock, self.intake)
+            if conn.sock.has_request():
+                conn.data_ready = True  # the thread must not wait for the socket: the request is here
+                super().enqueue_req(conn)
+                return
+            self.intake.receive(conn.sock, on_ready=lambda: self.method_queue.defer(self.enqueue_req, conn),
+                                on_closed=lambda: self.method_queue.defer(self._connection_lost))
+
+        def _connection_lost(self) -> None:
+            self.nr_conns -= 1
+
+        def finish_request(self, conn: Any, fs: Any) -> None:
+            # A pipelined request that came with the last one will not make the socket readable again.
+            if (isinstance(conn.sock, IntakeSocket) and conn.sock.leftover and self.alive and not fs.cancelled()
+                    and fs.exception() is None and fs.result() is True):
+                self.enqueue_req(conn)
+                return
+            super().finish_request(conn, fs)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.intake.close_idle()
+            super().handle_exit(sig, frame)
+
+    return IntakeThreadWorker
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -129,11 +196,13 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bind": f"{host}:{settings.port}",
         "workers": 1,  # the model must live in exactly one process
-        "worker_class": "gthread",
+        "worker_class": _intake_worker_class(intake_limits(settings)),
         "threads": settings.request_threads,
+        # Connections, slow ones included: the intake holds them without a thread.
+        "worker_connections": WORKER_CONNECTIONS,
         "timeout": WORKER_HEARTBEAT_TIMEOUT,
         "graceful_timeout": math.ceil(settings.graceful_timeout),
-        "keepalive": 5,
+        "keepalive": KEEPALIVE_SECONDS,
         "max_requests": 0,  # never recycle the worker: that would drop the loaded model
         "preload_app": False,  # build the app (threads, model manager) in the worker, not the master
         "accesslog": None,  # serve.access logs every request as JSON already
@@ -193,7 +262,18 @@ def open_to_the_network_warning(settings: Settings) -> str | None:
             "list, read and cancel every job; set QWEN_OMNI_API_KEY (or --api-key)")
 
 
+def _raise_open_file_limit() -> None:
+    """Every connection, slow ones included, is a file descriptor: take all the system allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(settings: Settings) -> None:
+    _raise_open_file_limit()
     if (warning := open_to_the_network_warning(settings)) is not None:
         log.warning(warning)
     log.info("serving on http://%s:%d with %s (checkpoint %s, idle timeout %g s)", settings.host, settings.port,

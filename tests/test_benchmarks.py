@@ -80,3 +80,21 @@ def test_fairness_benchmark_short(tmp_path: Path) -> None:
     for row in rows:
         assert row["idle_short_s"] > 0 and row["first_short_s"] > 0 and row["long_audio_s_per_s"] > 0
         assert row["with_short_requests"] > 0
+
+
+def test_slowloris_script_short(tmp_path: Path) -> None:
+    script = str(ROOT / "scripts" / "slowloris.py")
+    refused = subprocess.run([sys.executable, script, "--url", "http://192.0.2.1:5000"], capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "loopback" in refused.stderr  # a load tool for one's own server only
+    out = tmp_path / "slowloris.json"
+    result = subprocess.run([sys.executable, script, "--server", "werkzeug", "--clients", "0", "20", "--window",
+                             "2", "--client-timeout", "4", "--repeats", "1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    idle, loaded = json.loads(out.read_text())
+    assert idle["slow_clients"] == 0 and loaded["slow_clients"] == 20 and loaded["open_during_window"] == 20
+    for row in (idle, loaded):
+        assert row["health_failures"] == 0 and row["health_samples"] > 0 and row["normal_errors"] == []
+    assert loaded["all_cut_off"] and loaded["answers"] == {"408": 20}
+    assert "| werkzeug | 20 |" in result.stdout

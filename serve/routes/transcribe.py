@@ -28,8 +28,8 @@ DISCONNECT_POLL_SECONDS = 0.5
 
 def client_disconnected(environ: dict) -> bool:
     """True when the client closed its connection (the socket reads as end-of-file)."""
-    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-    if not isinstance(sock, socket.socket):
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")  # the socket, or serve.intake's
+    if sock is None or not hasattr(sock, "fileno"):
         return False  # no socket to look at (e.g. the test client): assume the client waits
     try:
         readable, _, _ = select.select([sock], [], [], 0)

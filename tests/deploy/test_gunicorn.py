@@ -98,7 +98,7 @@ def test_test_awq_service_passes_against_gunicorn(server: ImageLikeServer) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("PASS") == 7 and "FAIL" not in result.stdout
     log = server.log.read_text()
-    assert "Using worker: gthread" in log and "checkpoint ready" in log
+    assert "IntakeThreadWorker" in log and "checkpoint ready" in log
     assert folder_is_empty(server.root / "inputs") and folder_is_empty(server.root / "temp")
 
 
@@ -152,3 +152,19 @@ def test_sigterm_answers_the_waiting_client_and_pauses_async_jobs_for_the_next_s
     finally:
         again.stop()
     assert folder_is_empty(server.root / "inputs")
+
+
+def test_slow_clients_hold_no_thread_and_are_cut_off(tmp_path: Path, tiny_awq_checkpoint: Path,
+                                                     audio_dir: Path) -> None:
+    """The case that took the image's server down: hundreds of connections dribbling an upload."""
+    from tests.e2e.test_security_e2e import CLIENT_TIMEOUT, check_slow_clients_are_cut_off_while_others_are_served
+
+    server = start(tmp_path, tiny_awq_checkpoint, {"QWEN_OMNI_CLIENT_TIMEOUT": str(CLIENT_TIMEOUT)})
+    try:
+        with open(audio_dir / "speech.wav", "rb") as f:  # the model loaded before the clock starts
+            assert requests.post(f"{server.url}/transcribe/json", files={"file": f}, timeout=120).status_code == 200
+        check_slow_clients_are_cut_off_while_others_are_served(server.url, tmp_path, audio_dir, CLIENT_TIMEOUT)
+    finally:
+        assert server.stop() == 0
+    log = server.log.read_text()
+    assert "cut off a slow client" in log and "Traceback" not in log

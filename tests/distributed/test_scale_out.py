@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from local_redis import RedisServer
 from rq.exceptions import NoSuchJobError
@@ -257,3 +258,12 @@ def test_a_short_request_overtakes_the_queued_segments_of_long_jobs(cluster: Clu
         while any(w["current_task"] for w in cluster.live_workers()):
             assert time.monotonic() < deadline, "the cancelled jobs' segments kept running"
             time.sleep(0.1)
+
+
+def test_a_job_id_that_would_reach_another_redis_key_is_404_over_http(cluster: Cluster) -> None:
+    redis.Redis.from_url(cluster.redis.url).set("qwen:job:x:progress", "{}")  # what "x:progress" would read
+    for job_id in ("x:progress", "x", "0" * 32):
+        for method in ("GET /status", "GET /result", "DELETE /jobs"):
+            verb, path = method.split()
+            response = requests.request(verb, f"{cluster.api.url}{path}/{job_id}", timeout=10)
+            assert response.status_code == 404 and response.json()["code"] == "not_found", (method, job_id)

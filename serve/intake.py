@@ -1,0 +1,411 @@
+"""Request intake: a request reaches a request thread only once it has fully arrived.
+
+Slow clients cost a request thread nothing. One intake thread reads every connection's request (headers and
+body, spooled to an unlinked temporary file under temp/ past 1 MiB) from non-blocking sockets in a selector
+loop, the way nginx buffers request bodies before its upstream sees them. Only a complete request is handed
+to the HTTP server (gunicorn's gthread worker, or Werkzeug's threaded server), which parses and answers it
+from the buffered bytes as if they came from the socket. A client that sends nothing for ``--client-timeout``
+seconds, or sends slower than ``--min-upload-rate`` (after a first ``--client-timeout`` of grace, in the way
+of Apache's mod_reqtimeout: each ``min_rate`` bytes buy one more second), is answered 408 and disconnected;
+what it had sent is deleted with the spool. A body over ``--max-upload-size`` is answered 413 without being
+stored. HTTP framing is read with h11, so chunked bodies and pipelined requests are delimited exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import selectors
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import h11
+
+from .errors import OPENAI_PREFIX, STORAGE_RETRY_AFTER, InsufficientStorage, error_body
+
+log = logging.getLogger(__name__)
+
+RECV_CHUNK = 256 * 1024
+SPOOL_IN_MEMORY = 1024 * 1024  # bodies past this go to a file under temp/
+MAX_HEADER_BYTES = 64 * 1024
+LOOP_TICK = 0.25  # how often deadlines are checked
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    client_timeout: float = 30.0  # seconds without a byte before 408
+    min_rate: int = 1024  # bytes per second a request must average after the first client_timeout; 0 = any
+    max_body: int = 4 * 1024**3  # larger bodies get 413
+    keepalive: float = 5.0  # seconds an idle kept-alive connection stays open
+    spool_dir: Path | None = None  # where large bodies are spooled (None: the system's temp folder)
+
+
+def _error_response(status: int, reason: str, code: str, message: str, *, openai: bool) -> bytes:
+    """The server's one error shape, written straight to the socket: no app is involved yet."""
+    data = json.dumps(error_body(message, code, status, openai=openai)).encode()
+    retry = f"Retry-After: {STORAGE_RETRY_AFTER}\r\n" if status == InsufficientStorage.status else ""
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"{retry}Connection: close\r\n\r\n")
+    return head.encode() + data
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class IntakeSocket:
+    """The connection as the HTTP server sees it: reads come from the buffered request, everything else goes
+    to the real socket. When the buffered request is used up, the next read waits (in the calling thread)
+    for the intake to buffer the next request on the connection, or returns end-of-file when it closes."""
+
+    def __init__(self, sock: socket.socket, intake: Intake) -> None:
+        self.sock = sock
+        self._intake = intake
+        self._request: IO[bytes] | None = None  # the complete request being replayed
+        self._unread = 0
+        self.leftover = b""  # bytes that arrived after the buffered request (a pipelined one)
+        self.closed = False
+        self.requests = 0  # requests buffered on this connection so far
+        self._swallow_continue = False
+
+    # --- what the intake calls ----------------------------------------------------------------------
+    def load(self, request: IO[bytes], size: int, *, continue_sent: bool) -> None:
+        self.drop_request()
+        request.seek(0)
+        self._request, self._unread = request, size
+        self._swallow_continue = continue_sent
+        self.requests += 1
+
+    def drop_request(self) -> None:
+        if self._request is not None:
+            self._request.close()
+        self._request, self._unread = None, 0
+
+    def has_request(self) -> bool:
+        """A buffered request not yet read to its end."""
+        return self._unread > 0
+
+    # --- the socket interface the HTTP servers use ----------------------------------------------------
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if flags & socket.MSG_PEEK:  # a look at the connection itself (has the client gone?)
+            return self.sock.recv(size, flags)
+        if not self._unread and not self._next_request():
+            return b""
+        assert self._request is not None
+        data = self._request.read(min(size, self._unread))
+        self._unread -= len(data)
+        if not self._unread:
+            self.drop_request()  # the spool goes as soon as the request has been read
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.recv(nbytes or len(view), flags)
+        view[:len(data)] = data
+        return len(data)
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, **_: Any) -> Any:
+        if "r" in mode:
+            return io.BufferedReader(_Reader(self), buffering if buffering and buffering > 0 else 8192)
+        return self.sock.makefile(mode, buffering)
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        if self._swallow_continue and bytes(data[:13]) in (b"HTTP/1.1 100 ", b"HTTP/1.0 100 "):
+            self._swallow_continue = False  # the intake has sent it already, when the client asked
+            return len(data)
+        return self.sock.send(data, flags)
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        if self._swallow_continue and bytes(data[:13]) in (b"HTTP/1.1 100 ", b"HTTP/1.0 100 "):
+            self._swallow_continue = False
+            return
+        self.sock.sendall(data, flags)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.closed = True
+        self.drop_request()
+        self.sock.close()
+
+    def __getattr__(self, name: str) -> Any:  # setblocking, settimeout, shutdown, getpeername, ...
+        return getattr(self.sock, name)
+
+    def _next_request(self) -> bool:
+        """Wait for the intake to buffer this connection's next request (a kept-alive connection)."""
+        if self.closed:
+            return False
+        done = threading.Event()
+        self._intake.receive(self, on_ready=done.set, on_closed=done.set)
+        done.wait()
+        return self._unread > 0
+
+
+class _Reader(io.RawIOBase):
+    """``makefile('rb')`` for Werkzeug's handler: a raw stream over the buffered request."""
+
+    def __init__(self, sock: IntakeSocket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+
+@dataclass(eq=False)
+class _Reading:
+    """One connection whose request is arriving."""
+
+    conn: IntakeSocket
+    on_ready: Callable[[], None]
+    on_closed: Callable[[], None]
+    opened: float
+    parser: h11.Connection = field(default_factory=lambda: h11.Connection(
+        h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES))
+    spool: IO[bytes] | None = None
+    first_byte: float | None = None
+    last_byte: float = 0.0
+    received: int = 0
+    body: int = 0
+    openai: bool = False
+    continue_sent: bool = False
+
+
+class Intake:
+    """The intake thread: reads requests until they are complete, then hands them on (see the module doc)."""
+
+    def __init__(self, limits: IntakeLimits) -> None:
+        self.limits = limits
+        self._selector = selectors.DefaultSelector()
+        self._incoming: list[_Reading] = []
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._readings: set[_Reading] = set()
+        self._closing_idle = False
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
+        self.cut_off = 0  # connections answered 408 (for tests and logs)
+
+    def start(self) -> Intake:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake()
+        self._thread.join(5)
+
+    def close_idle(self) -> None:
+        """A shutdown: close the connections that have not sent a byte of a request (new ones are refused)."""
+        self._closing_idle = True
+        self._wake()
+
+    def receive(self, conn: IntakeSocket, *, on_ready: Callable[[], None], on_closed: Callable[[], None]) -> None:
+        """Read ``conn``'s next request; then ``on_ready()`` (the request is loaded in ``conn``), or
+        ``on_closed()`` when the connection ended first (``conn`` is closed by then). Both are called from
+        the intake thread."""
+        with self._lock:
+            self._incoming.append(_Reading(conn, on_ready, on_closed, time.monotonic()))
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: a wake-up is pending already
+            self._wake_w.send(b"x")
+
+    def _run(self) -> None:
+        next_check = 0.0
+        while not self._stopped.is_set():
+            try:
+                events = self._selector.select(LOOP_TICK)
+            except OSError:
+                continue
+            for key, _ in events:
+                if key.fileobj is self._wake_r:
+                    self._drain_wakeups()
+                    continue
+                try:
+                    self._on_readable(key.data)
+                except Exception:  # one bad connection must not stop the thread every request passes through
+                    log.exception("intake: dropped a connection after an unexpected error")
+                    self._close(key.data)
+            self._take_incoming()
+            now = time.monotonic()
+            if now >= next_check:  # every tick, not at every event: 500 slow clients make many events
+                self._check_deadlines(now)
+                next_check = now + LOOP_TICK
+        for reading in list(self._readings):
+            self._close(reading)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _take_incoming(self) -> None:
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for reading in incoming:
+            conn = reading.conn
+            try:
+                conn.sock.setblocking(False)
+                self._selector.register(conn.sock, selectors.EVENT_READ, reading)
+            except (OSError, ValueError):  # closed meanwhile
+                reading.on_closed()
+                continue
+            self._readings.add(reading)
+            if conn.leftover:  # a pipelined request came with the previous one
+                data, conn.leftover = conn.leftover, b""
+                self._feed(reading, data)
+
+    def _on_readable(self, reading: _Reading) -> None:
+        try:
+            data = reading.conn.sock.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before its request was complete: nothing of it is kept
+            self._close(reading)
+            return
+        self._feed(reading, data)
+
+    def _feed(self, reading: _Reading, data: bytes) -> None:
+        now = time.monotonic()
+        if reading.first_byte is None:
+            reading.first_byte = now
+        reading.last_byte = now
+        reading.received += len(data)
+        try:
+            if reading.spool is None:
+                reading.spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - handed to the connection
+                    SPOOL_IN_MEMORY, dir=self.limits.spool_dir)
+            reading.spool.write(data)
+        except OSError as exc:
+            log.error("could not buffer a request (%s)", exc)
+            self._refuse(reading, InsufficientStorage.status, "Insufficient Storage", InsufficientStorage.code,
+                         "the server has no space left to store the upload; retry later or send a smaller file")
+            return
+        reading.parser.receive_data(data)
+        self._advance(reading)
+
+    def _advance(self, reading: _Reading) -> None:
+        parser = reading.parser
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                reason = "Request Header Fields Too Large" if status == 431 else "Bad Request"
+                self._refuse(reading, status, reason, "bad_request", f"malformed HTTP request: {exc}")
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                reading.openai = event.target.startswith(OPENAI_PREFIX.encode())
+                if not self._accept_headers(reading, event):
+                    return
+            elif isinstance(event, h11.Data):
+                reading.body += len(event.data)
+                if reading.body > self.limits.max_body:
+                    self._refuse_too_large(reading)
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                self._deliver(reading)
+                return
+
+    def _accept_headers(self, reading: _Reading, request: h11.Request) -> bool:
+        length = next((int(v) for k, v in request.headers if k == b"content-length"), None)
+        if length is not None and length > self.limits.max_body:
+            self._refuse_too_large(reading)
+            return False
+        if reading.parser.they_are_waiting_for_100_continue:
+            try:
+                reading.conn.sock.send(_CONTINUE)
+                reading.continue_sent = True
+            except OSError:
+                pass  # the client sends its body after a short wait anyway
+        return True
+
+    def _deliver(self, reading: _Reading) -> None:
+        trailing, _ = reading.parser.trailing_data
+        spool = reading.spool
+        assert spool is not None
+        size = reading.received - len(trailing)
+        spool.truncate(size)
+        self._forget(reading)
+        conn = reading.conn
+        conn.leftover = bytes(trailing)
+        conn.load(spool, size, continue_sent=reading.continue_sent)
+        reading.spool = None
+        with contextlib.suppress(OSError):
+            conn.sock.setblocking(True)
+        reading.on_ready()
+
+    def _check_deadlines(self, now: float) -> None:
+        limits = self.limits
+        for reading in list(self._readings):
+            if reading.first_byte is None:
+                if reading.conn.requests:  # an idle kept-alive connection: closed quietly, as servers do
+                    if self._closing_idle or now - reading.opened > limits.keepalive:
+                        self._close(reading)
+                elif self._closing_idle:
+                    self._close(reading)
+                elif now - reading.opened > limits.client_timeout:
+                    self._cut_off(reading, f"no request arrived within {limits.client_timeout:g} s")
+                continue
+            if now - reading.last_byte > limits.client_timeout:
+                self._cut_off(reading, f"the request stalled: no data for {limits.client_timeout:g} s")
+            elif limits.min_rate and now > (reading.first_byte + limits.client_timeout
+                                            + reading.received / limits.min_rate):
+                self._cut_off(reading, f"the request arrived slower than {limits.min_rate} bytes/s")
+
+    def _cut_off(self, reading: _Reading, why: str) -> None:
+        self.cut_off += 1
+        log.info("cut off a slow client after %.1f s and %d bytes: %s",
+                 time.monotonic() - reading.opened, reading.received, why)
+        self._respond_and_close(reading, _error_response(
+            408, "Request Timeout", "request_timeout", f"{why}; the partial upload was discarded",
+            openai=reading.openai))
+
+    def _refuse_too_large(self, reading: _Reading) -> None:
+        limit = self.limits.max_body
+        self._refuse(reading, 413, "Content Too Large", "payload_too_large",
+                     f"the upload is larger than this server accepts ({limit / 1024**2:.0f} MiB)")
+
+    def _refuse(self, reading: _Reading, status: int, reason: str, code: str, message: str) -> None:
+        self._respond_and_close(reading, _error_response(status, reason, code, message, openai=reading.openai))
+
+    def _respond_and_close(self, reading: _Reading, response: bytes) -> None:
+        with contextlib.suppress(OSError):  # once, without waiting: a stalled client may not read it
+            reading.conn.sock.send(response)
+        self._close(reading)
+
+    def _forget(self, reading: _Reading) -> None:
+        self._readings.discard(reading)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(reading.conn.sock)
+
+    def _close(self, reading: _Reading) -> None:
+        self._forget(reading)
+        if reading.spool is not None:
+            reading.spool.close()  # an unlinked file: the partial upload is gone
+            reading.spool = None
+        with contextlib.suppress(OSError):
+            reading.conn.sock.shutdown(socket.SHUT_RDWR)
+        reading.conn.close()
+        reading.on_closed()
