@@ -37,6 +37,10 @@ RECV_CHUNK = 256 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024  # bodies past this go to a file under temp/
 MAX_HEADER_BYTES = 64 * 1024
 LOOP_TICK = 0.25  # how often deadlines are checked
+# After refusing a request whose body is still coming, read and drop what follows for a while before closing:
+# closing on unread data resets the connection, and the client, busy sending, would never see the answer.
+LINGER_SECONDS = 10.0
+LINGER_IDLE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ class _Reading:
     body: int = 0
     openai: bool = False
     continue_sent: bool = False
+    lingering_until: float | None = None  # refused: what still arrives is dropped until then
 
 
 class Intake:
@@ -282,6 +287,9 @@ class Intake:
         if not data:  # the client went away before its request was complete: nothing of it is kept
             self._close(reading)
             return
+        if reading.lingering_until is not None:
+            reading.last_byte = time.monotonic()
+            return
         self._feed(reading, data)
 
     def _feed(self, reading: _Reading, data: bytes) -> None:
@@ -359,6 +367,10 @@ class Intake:
     def _check_deadlines(self, now: float) -> None:
         limits = self.limits
         for reading in list(self._readings):
+            if reading.lingering_until is not None:
+                if now > reading.lingering_until or now - reading.last_byte > LINGER_IDLE_SECONDS:
+                    self._close(reading)
+                continue
             if reading.first_byte is None:
                 if reading.conn.requests:  # an idle kept-alive connection: closed quietly, as servers do
                     if self._closing_idle or now - reading.opened > limits.keepalive:
@@ -388,7 +400,15 @@ class Intake:
                      f"the upload is larger than this server accepts ({limit / 1024**2:.0f} MiB)")
 
     def _refuse(self, reading: _Reading, status: int, reason: str, code: str, message: str) -> None:
-        self._respond_and_close(reading, _error_response(status, reason, code, message, openai=reading.openai))
+        """Answer, then linger: the client may still be sending the body it must not see refused as a reset."""
+        with contextlib.suppress(OSError):
+            reading.conn.sock.send(_error_response(status, reason, code, message, openai=reading.openai))
+            reading.conn.sock.shutdown(socket.SHUT_WR)
+        if reading.spool is not None:
+            reading.spool.close()
+            reading.spool = None
+        now = time.monotonic()
+        reading.lingering_until, reading.last_byte = now + LINGER_SECONDS, now
 
     def _respond_and_close(self, reading: _Reading, response: bytes) -> None:
         with contextlib.suppress(OSError):  # once, without waiting: a stalled client may not read it
