@@ -138,9 +138,9 @@ class Settings(BaseSettings):
     client_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a client may send nothing while its "
                                                                    "request arrives: then 408, and what it sent "
                                                                    "is deleted")
-    min_upload_rate: int = Field(1024, ge=0, description="bytes per second a request must average once its first "
-                                                         "--client-timeout seconds are over (e.g. 1K; 0 = no "
-                                                         "minimum): slower ones get 408")
+    min_upload_rate: int = Field(1024, ge=0, description="bytes per second a request must bring over each "
+                                                         "window of --client-timeout seconds while it arrives "
+                                                         "(e.g. 1K; 0 = no minimum): slower ones get 408")
     cors_origins: str = Field("", description="other web origins allowed to call the API from a browser "
                                               "(comma-separated, e.g. http://localhost:8080); empty: none, the "
                                               "server's own page needs none. Never with credentials")

@@ -11,12 +11,16 @@ import hmac
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from flask import Flask, current_app, g, request
 
 from .errors import ForbiddenHost, Unauthorized
+from .intake import Admission, Refusal
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +55,72 @@ def machine_names(listen_host: str) -> set[str]:
     return names
 
 
-def check_host(app: Flask, allowed_setting: str, listen_host: str) -> None:
-    """Answer 403 to a request whose Host is not this server's: a page on another site that rebinds its own
-    name to this machine's address gets nothing. IP addresses are always allowed (a rebinding attack sends
-    its own name), so are loopback names; names beyond this machine's come from ``--allowed-hosts``."""
+def allowed_host_names(allowed_setting: str, listen_host: str) -> set[str] | None:
+    """The Host names requests may use (None: any). IP addresses are always allowed (a rebinding attack
+    sends its own name), so are loopback names; names beyond this machine's come from ``--allowed-hosts``."""
     configured = {h.strip().lower() for h in allowed_setting.split(",") if h.strip()}
     if "*" in configured:
+        return None
+    return (configured | LOOPBACK_NAMES) if configured else machine_names(listen_host)
+
+
+def _host_refusal(host_header: str, allowed: set[str]) -> str | None:
+    """Why a request for ``host_header`` is refused (None: it is not)."""
+    name = _host_name(host_header)
+    if name in allowed or _is_address(name):
+        return None
+    log.warning("refused a request for Host %r (not in --allowed-hosts)", name[:100])
+    return f"this server does not answer for host {name[:100]!r}; add it to --allowed-hosts"
+
+
+def check_host(app: Flask, allowed_setting: str, listen_host: str) -> None:
+    """Answer 403 to a request whose Host is not this server's: a page on another site that rebinds its own
+    name to this machine's address gets nothing."""
+    allowed = allowed_host_names(allowed_setting, listen_host)
+    if allowed is None:
         return
-    allowed = (configured | LOOPBACK_NAMES) if configured else machine_names(listen_host)
 
     @app.before_request
     def _check_host() -> None:
-        name = _host_name(request.host or "")
-        if name in allowed or _is_address(name):
-            return
-        log.warning("refused a request for Host %r (not in --allowed-hosts)", name[:100])
-        raise ForbiddenHost(f"this server does not answer for host {name[:100]!r}; add it to --allowed-hosts")
+        if (why := _host_refusal(request.host or "", allowed)) is not None:
+            raise ForbiddenHost(why)
 
 
-def _supplied_key() -> str | None:
-    header = request.headers.get("Authorization", "")
+def _supplied_key(headers: Mapping[str, str]) -> str | None:
+    header = headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("X-API-Key")
+    return headers.get("x-api-key")
+
+
+def _matching(supplied: str | None, secrets: Sequence[bytes]) -> int | None:
+    """Which of ``secrets`` is ``supplied``, compared with every one without stopping early: timing says
+    nothing about which one matched."""
+    matches = [hmac.compare_digest((supplied or "").encode(), secret) for secret in secrets]
+    return matches.index(True) if any(matches) else None
+
+
+_KEY_REQUIRED = ("a valid API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="transcription"'}
+
+
+def header_checks(settings: Settings) -> Admission:
+    """The Host and API-key checks, for the intake to run on a request's headers before it stores a body:
+    a stranger's upload is refused before a byte of it reaches the disk. (The app checks again, and
+    everything else, once the request has arrived.)"""
+    allowed = allowed_host_names(settings.allowed_hosts, settings.host)
+    secrets = [k.encode() for k in settings.api_keys]
+
+    def admit(_method: str, path: str, headers: dict[str, str]) -> Refusal | None:
+        if allowed is not None and (why := _host_refusal(headers.get("host", ""), allowed)) is not None:
+            return Refusal(ForbiddenHost.status, ForbiddenHost.code, why)
+        if secrets and _matching(_supplied_key(headers), secrets) is None:
+            log.info("refused an upload without a valid API key to %s", path[:200])
+            return Refusal(Unauthorized.status, Unauthorized.code, _KEY_REQUIRED, _CHALLENGE)
+        return None
+
+    return admit
 
 
 KEYS_REQUIRED = "qwen_omni.keys_required"  # app.config: this app checks keys, so jobs have owners
@@ -104,14 +150,11 @@ def require_api_key(app: Flask, keys: Sequence[str], admin_keys: Sequence[str] =
     def _check_api_key() -> None:
         if request.method == "OPTIONS" or request.endpoint in OPEN_ENDPOINTS:
             return  # CORS preflights carry no credentials; health checks must work without them
-        supplied = (_supplied_key() or "").encode()
-        # Compare against every key without stopping early: timing says nothing about which one matched.
-        matches = [hmac.compare_digest(supplied, key.secret) for key in expected]
-        if not any(matches):
+        match = _matching(_supplied_key(request.headers), [key.secret for key in expected])
+        if match is None:
             log.info("refused a request without a valid API key from %s to %s", request.remote_addr, request.path)
-            raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>' or "
-                               "'X-API-Key: <key>'", headers={"WWW-Authenticate": 'Bearer realm="transcription"'})
-        key = expected[matches.index(True)]
+            raise Unauthorized(_KEY_REQUIRED, headers=_CHALLENGE)
+        key = expected[match]
         g.job_owner, g.sees_all_jobs = key.owner, key.admin
 
 

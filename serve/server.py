@@ -26,6 +26,7 @@ from typing import Any
 
 from flask import Flask
 
+from . import security
 from .config import Settings
 from .intake import Intake, IntakeLimits, IntakeSocket
 from .services import EXTENSION_KEY, Services
@@ -38,6 +39,7 @@ WORKER_HEARTBEAT_TIMEOUT = 120
 KEEPALIVE_SECONDS = 5
 WORKER_CONNECTIONS = 4096
 LISTEN_BACKLOG = 2048  # gunicorn's default
+FILES_KEPT_FREE = 256  # file descriptors left for the model, the job store, uploads and logs
 
 
 def _services(app: Flask) -> Services | None:
@@ -100,12 +102,13 @@ def run_werkzeug(settings: Settings) -> None:
     app = create_app(settings)
     in_flight = _InFlight(app.wsgi_app)
     app.wsgi_app = in_flight  # type: ignore[method-assign]
-    intake = Intake(intake_limits(settings)).start()
+    intake = _intake(settings)
     server = _intake_werkzeug_server(settings, app, intake)
     stopping = threading.Event()
 
     def drain_and_stop() -> None:
         deadline = time.monotonic() + settings.graceful_timeout
+        intake.begin_shutdown()
         shutdown = _begin_shutdown(app)
         if shutdown is not None:
             shutdown.join(settings.graceful_timeout)
@@ -129,10 +132,14 @@ def run_werkzeug(settings: Settings) -> None:
         _close_services(app)
 
 
-def intake_limits(settings: Settings) -> IntakeLimits:
-    return IntakeLimits(client_timeout=settings.client_timeout, min_rate=settings.min_upload_rate,
-                        max_body=settings.max_upload_size, keepalive=KEEPALIVE_SECONDS,
-                        spool_dir=settings.temp_dir)
+def _intake(settings: Settings) -> Intake:
+    """The intake for this server's settings: its limits, and the Host and key checks it makes on headers."""
+    settings.temp_dir.mkdir(parents=True, exist_ok=True)
+    intake = Intake(IntakeLimits(client_timeout=settings.client_timeout, min_rate=settings.min_upload_rate,
+                                 max_body=settings.max_upload_size, keepalive=KEEPALIVE_SECONDS,
+                                 spool_dir=settings.temp_dir))
+    intake.admit = security.header_checks(settings)
+    return intake.start()
 
 
 def _intake_werkzeug_server(settings: Settings, app: Flask, intake: Intake) -> Any:
@@ -143,29 +150,34 @@ def _intake_werkzeug_server(settings: Settings, app: Flask, intake: Intake) -> A
         request_queue_size = LISTEN_BACKLOG  # Werkzeug's 128 makes a burst of connections wait for SYN retries
 
         def process_request(self, request: Any, client_address: Any) -> None:
-            conn = IntakeSocket(request, intake)
+            conn = IntakeSocket(request)
             start_thread = super().process_request
             intake.receive(conn, on_ready=lambda: start_thread(conn, client_address), on_closed=lambda: None)
 
-    settings.temp_dir.mkdir(parents=True, exist_ok=True)
     return IntakeWSGIServer(settings.host, settings.port, app)
 
 
-def _intake_worker_class(limits: IntakeLimits) -> type:
+def _intake_worker_class(settings: Settings) -> type:
     """gunicorn's gthread worker, handing a connection to a request thread only once the intake has its
     request: a slow client holds a socket, never a thread."""
     from gunicorn.workers.gthread import ThreadWorker
 
     class IntakeThreadWorker(ThreadWorker):
         def init_process(self) -> None:
-            if limits.spool_dir is not None:
-                limits.spool_dir.mkdir(parents=True, exist_ok=True)
-            self.intake = Intake(limits).start()
+            self.intake = _intake(settings)
             super().init_process()
+
+        def notify(self) -> None:
+            # Every request passes through the intake thread: without it the worker serves nothing, so it
+            # must stop heart-beating and be replaced rather than hang.
+            if not self.intake.alive and self.alive:
+                self.log.error("the request intake thread has died; restarting the worker")
+                self.alive = False
+            super().notify()
 
         def enqueue_req(self, conn: Any) -> None:
             if not isinstance(conn.sock, IntakeSocket):
-                conn.sock = IntakeSocket(conn.sock, self.intake)
+                conn.sock = IntakeSocket(conn.sock)
             if conn.sock.has_request():
                 conn.data_ready = True  # the thread must not wait for the socket: the request is here
                 super().enqueue_req(conn)
@@ -177,15 +189,23 @@ def _intake_worker_class(limits: IntakeLimits) -> type:
             self.nr_conns -= 1
 
         def finish_request(self, conn: Any, fs: Any) -> None:
-            # A pipelined request that came with the last one will not make the socket readable again.
-            if (isinstance(conn.sock, IntakeSocket) and conn.sock.leftover and self.alive and not fs.cancelled()
-                    and fs.exception() is None and fs.result() is True):
-                self.enqueue_req(conn)
-                return
+            answered = not fs.cancelled() and fs.exception() is None
+            keep_alive, done = answered and fs.result() is True, answered and fs.result() is False
+            if isinstance(conn.sock, IntakeSocket):
+                if keep_alive and conn.sock.leftover and self.alive:
+                    # A pipelined request that came with the last one will not make the socket readable again.
+                    self.enqueue_req(conn)
+                    return
+                if done:
+                    # gunicorn would drain and close on this loop's thread, up to 2 s for a client that keeps
+                    # its end open: the intake does it instead.
+                    self.intake.close_gracefully(
+                        conn.sock, on_closed=lambda: self.method_queue.defer(self._connection_lost))
+                    return
             super().finish_request(conn, fs)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            self.intake.close_idle()
+            self.intake.begin_shutdown()
             super().handle_exit(sig, frame)
 
     return IntakeThreadWorker
@@ -196,10 +216,10 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bind": f"{host}:{settings.port}",
         "workers": 1,  # the model must live in exactly one process
-        "worker_class": _intake_worker_class(intake_limits(settings)),
+        "worker_class": _intake_worker_class(settings),
         "threads": settings.request_threads,
         # Connections, slow ones included: the intake holds them without a thread.
-        "worker_connections": WORKER_CONNECTIONS,
+        "worker_connections": _worker_connections(),
         "timeout": WORKER_HEARTBEAT_TIMEOUT,
         "graceful_timeout": math.ceil(settings.graceful_timeout),
         "keepalive": KEEPALIVE_SECONDS,
@@ -217,6 +237,14 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     if os.path.isdir("/dev/shm"):
         options["worker_tmp_dir"] = "/dev/shm"  # heartbeat file off slow container overlay disks
     return options
+
+
+def _worker_connections() -> int:
+    """As many connections as the open-file limit leaves room for (gunicorn's worker dies on EMFILE)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(64, min(WORKER_CONNECTIONS, soft - FILES_KEPT_FREE))
 
 
 def _stop_jobs_on_sigterm(worker: Any) -> None:

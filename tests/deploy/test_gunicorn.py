@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -163,8 +164,63 @@ def test_slow_clients_hold_no_thread_and_are_cut_off(tmp_path: Path, tiny_awq_ch
     try:
         with open(audio_dir / "speech.wav", "rb") as f:  # the model loaded before the clock starts
             assert requests.post(f"{server.url}/transcribe/json", files={"file": f}, timeout=120).status_code == 200
-        check_slow_clients_are_cut_off_while_others_are_served(server.url, tmp_path, audio_dir, CLIENT_TIMEOUT)
+        check_slow_clients_are_cut_off_while_others_are_served(server.url, tmp_path, audio_dir, CLIENT_TIMEOUT,
+                                                               server.process.pid)
     finally:
         assert server.stop() == 0
     log = server.log.read_text()
     assert "cut off a slow client" in log and "Traceback" not in log
+
+
+def raw_exchange(url: str, request: bytes, *, keep_open: bool = False) -> tuple[bytes, socket.socket]:
+    """Send ``request`` as written; read until the server ends its side (the socket stays open if asked)."""
+    port = int(url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(request)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    if not keep_open:
+        sock.close()
+    return data, sock
+
+
+def test_closing_pipelined_and_stopping_connections_under_the_intake(tmp_path: Path,
+                                                                      tiny_awq_checkpoint: Path) -> None:
+    server = start(tmp_path, tiny_awq_checkpoint, {"QWEN_OMNI_CLIENT_TIMEOUT": "120"})
+    try:
+        # HTTP/1.0 and Connection: close, from clients that keep their end open afterwards: the worker's
+        # loop must not wait on them (gunicorn would, 2 s each; a request thread would, until a timeout).
+        port = int(server.url.rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
+        for n, sock in enumerate(held):
+            sock.sendall(b"GET /health HTTP/1.0\r\n\r\n" if n % 2 else
+                         b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        for sock in held:  # each answer, whole, without waiting for the server to close
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                    answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+                answer += sock.recv(65536)
+            assert answer.split(b"\r\n", 1)[0] in (b"HTTP/1.0 200 OK", b"HTTP/1.1 200 OK")
+        assert requests.get(f"{server.url}/health", timeout=3).status_code == 200
+        for sock in held:
+            sock.close()
+
+        pipelined, _ = raw_exchange(server.url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                                b"GET /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert pipelined.count(b"HTTP/1.1 200 OK\r\n") == 2 and b'"jobs"' in pipelined
+
+        # A stop while an upload is still arriving: it is answered 503 at once, not held until its timeout.
+        arriving = socket.create_connection(("127.0.0.1", port), timeout=30)
+        arriving.sendall(b"POST /transcribe/json HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+        time.sleep(0.5)
+        stopping = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        answer = arriving.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b'"shutting_down"' in answer
+        assert server.process.wait(30) == 0
+        assert time.monotonic() - stopping < 30
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log.read_text()

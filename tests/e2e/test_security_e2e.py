@@ -3,11 +3,14 @@ slow clients. The gunicorn side of slow clients is in tests/deploy/test_gunicorn
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from slowloris import SlowClients
@@ -23,10 +26,13 @@ SLOW_CLIENTS = 200
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path, audio_dir: Path) -> Iterator[Server]:
     with tiny_server(tmp_path_factory.mktemp("secure"), tiny_awq_checkpoint, "--preload",
                      "--client-timeout", str(CLIENT_TIMEOUT)) as server:
         wait_for_model(server.url)
+        warm_up = requests.post(f"{server.url}/transcribe/json", timeout=120,
+                                files={"file": ("a.wav", (audio_dir / "speech.wav").read_bytes())})
+        assert warm_up.status_code == 200  # the first transcription's lazy set-up is not the slow clients' doing
         yield server
 
 
@@ -74,12 +80,20 @@ def test_playlists_are_refused(server: Server, name: str, text: str) -> None:
 
 
 def check_slow_clients_are_cut_off_while_others_are_served(url: str, root: Path, audio_dir: Path,
-                                                           client_timeout: float) -> None:
+                                                           client_timeout: float, pid: int) -> None:
     """Shared with the gunicorn test: SLOW_CLIENTS dribbling connections, while /health and a normal
     transcription must still be answered; then every slow client gets 408 and leaves nothing behind."""
     port = int(url.rsplit(":", 1)[1])
+    # One more sends 200 KB at once, then stalls: its body is spooled to a file, which must go too.
+    burst = socket.create_connection(("127.0.0.1", port), timeout=30)
+    burst.sendall(b"POST /transcribe/json HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 900000\r\n"
+                  b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" + b"\0" * 200_000)
     slow = SlowClients("127.0.0.1", port, SLOW_CLIENTS).start()
     try:
+        deadline = time.monotonic() + 5
+        while not spooled_files(pid, root / "temp"):  # unlinked: only the open file shows it
+            assert time.monotonic() < deadline, "the burst's body was never spooled to a file"
+            time.sleep(0.05)
         for _ in range(5):
             assert requests.get(f"{url}/health", timeout=5).status_code == 200
         with open(audio_dir / "speech.wav", "rb") as f:
@@ -90,13 +104,29 @@ def check_slow_clients_are_cut_off_while_others_are_served(url: str, root: Path,
         assert slow.wait_closed(client_timeout * 2 + 10)
     finally:
         slow.stop()
+    assert burst.recv(100).startswith(b"HTTP/1.1 408 ")
+    burst.close()
     assert {c.status for c in slow.clients} == {408}
     assert answered < min(c.closed_at for c in slow.clients)  # answered while every slow client was connected
     assert max(slow.lifetimes()) < client_timeout * 1.1 + 5
     assert requests.get(f"{url}/health", timeout=5).status_code == 200
     assert folder_is_empty(root / "inputs") and folder_is_empty(root / "temp")
+    assert spooled_files(pid, root / "temp") == []  # the burst's spool is closed
+
+
+def spooled_files(pid: int, temp: Path) -> list[str]:
+    """Files under ``temp`` that the server process ``pid`` (or its children) has open, unlinked ones too."""
+    found = []
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        for fd in Path(f"/proc/{process.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith(str(temp.resolve())):
+                    found.append(target)
+    return found
 
 
 def test_slow_clients_are_cut_off_while_others_are_served(server: Server, audio_dir: Path) -> None:
-    check_slow_clients_are_cut_off_while_others_are_served(server.url, server.root, audio_dir, CLIENT_TIMEOUT)
+    check_slow_clients_are_cut_off_while_others_are_served(server.url, server.root, audio_dir, CLIENT_TIMEOUT,
+                                                           server.process.pid)
     assert "cut off a slow client" in server.log.read_text()
