@@ -113,7 +113,8 @@ def header_checks(settings: Settings) -> Admission:
     secrets = [k.encode() for k in settings.api_keys]
 
     def admit(_method: str, path: str, headers: dict[str, str]) -> Refusal | None:
-        if allowed is not None and (why := _host_refusal(headers.get("host", ""), allowed)) is not None:
+        host = headers.get("host")  # none (HTTP/1.0): the app judges the address it was reached at
+        if allowed is not None and host is not None and (why := _host_refusal(host, allowed)) is not None:
             return Refusal(ForbiddenHost.status, ForbiddenHost.code, why)
         if secrets and _matching(_supplied_key(headers), secrets) is None:
             log.info("refused an upload without a valid API key to %s", path[:200])
