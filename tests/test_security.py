@@ -233,3 +233,19 @@ def test_without_keys_every_job_stays_open(make_app, tmp_path: Path) -> None:  #
                 owner="0" * 32)  # made while keys were configured
     services_of(app).store.add(owned)
     assert client.get(f"/status/{owned.id}").status_code == 200 and listed(client, {}) == {owned.id}
+
+
+def test_upload_headers_are_checked_for_host_and_key_before_the_body_is_stored() -> None:
+    from serve.config import Settings
+    from serve.security import header_checks
+
+    admit = header_checks(Settings(api_key="user-key", admin_key="admin-key"))
+    assert admit("POST", "/transcribe", {"host": "evil.example", "x-api-key": "user-key"}).status == 403
+    refused = admit("POST", "/transcribe", {"host": "localhost:5000"})
+    assert refused.status == 401 and refused.code == "unauthorized" and "WWW-Authenticate" in refused.headers
+    assert admit("POST", "/transcribe", {"host": "localhost", "x-api-key": "wrong"}).status == 401
+    assert admit("POST", "/v1/audio/transcriptions", {"host": "127.0.0.1", "authorization": "Bearer user-key"}) is None
+    assert admit("POST", "/transcribe", {"host": "[::1]:5000", "x-api-key": "admin-key"}) is None
+    assert admit("POST", "/transcribe", {"x-api-key": "user-key"}) is None  # no Host (HTTP/1.0): the app judges
+    open_server = header_checks(Settings(allowed_hosts="*"))
+    assert open_server("POST", "/transcribe", {"host": "anything.example"}) is None

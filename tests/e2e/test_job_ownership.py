@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,3 +81,14 @@ def test_the_job_store_holds_no_key(server: Server, job_of_a: str) -> None:
     stored = b"".join(p.read_bytes() for p in (server.root / "data").glob("jobs.sqlite3*"))
     assert job_of_a.encode() in stored
     assert not any(key.encode() in stored for key in (KEY_A, KEY_B, ADMIN))
+
+
+def test_an_upload_without_a_key_is_refused_at_its_headers(server: Server) -> None:
+    """The intake refuses it before storing the body: the answer comes while the body is still unsent."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /transcribe/json HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"WWW-Authenticate: Bearer" in answer
+    assert b'"unauthorized"' in answer
