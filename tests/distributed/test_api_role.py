@@ -66,8 +66,11 @@ def test_redis_down_answers_503_loses_no_upload_and_recovers(make_app, audio_dir
         assert client.get("/metrics").status_code == 200  # a scrape still works, without the workers
     finally:
         server.start()
-    assert client.get("/health").get_json()["status"] == "ok"  # no restart needed
-    assert client.get("/jobs").status_code == 200
+    try:
+        assert client.get("/health").get_json()["status"] == "ok"  # no restart needed
+        assert client.get("/jobs").status_code == 200
+    finally:
+        server.stop()  # the restarted Redis, which would outlive the test run
 
 
 def test_with_no_live_worker_a_request_is_refused_at_once_and_its_upload_removed(  # type: ignore[no-untyped-def]
