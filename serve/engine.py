@@ -303,15 +303,21 @@ class QwenOmniEngine:
         inputs = self._inputs([np.asarray(samples, dtype=np.float32) for samples in batch], options.instruction)
         prompt_tokens = inputs["input_ids"].shape[1]
         generation_config = self._generation_config(options, prompt_tokens)
+        out_of_memory = None
         try:
             with self._lock, torch.inference_mode():
                 output = self.model.generate(**inputs, generation_config=generation_config)
         except torch.OutOfMemoryError as exc:
+            out_of_memory = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        if out_of_memory is not None:
+            # Out of the except block, the error and its traceback are gone, and with them the failed attempt's
+            # KV cache and activations: only now can the cache be emptied, and the exception raised carries
+            # no reference to them (no __cause__, no __context__) while the batch is retried smaller.
             del inputs
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            raise EngineOutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from exc
+            raise EngineOutOfMemory(out_of_memory)
         return self.tokenizer.batch_decode(output[:, prompt_tokens:], skip_special_tokens=True)
 
     def suggest_batch_size(self, segment_seconds: float, max_new_tokens: int, limit: int = 16) -> int:

@@ -11,6 +11,7 @@ import gc
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -124,15 +125,21 @@ class ModelManager(Generic[T]):
                     return self._model
                 self._state = ModelState.LOADING
             started = time.monotonic()
+            failure = None
             try:
                 model = self._loader()
             except Exception as exc:
+                failure = str(exc) or type(exc).__name__
+                log.debug("loading the %s failed:\n%s", self.name, traceback.format_exc())  # text, no references
+            if failure is not None:
+                # Out of the except block: the error's traceback, and the partly loaded model its frames hold,
+                # are gone before the memory is freed, and the exception raised carries no reference to them.
                 with self._lock:
                     self._state = ModelState.UNLOADED
-                    self.last_error = str(exc) or type(exc).__name__
-                log.error("loading the %s failed: %s", self.name, self.last_error)
+                    self.last_error = failure
+                log.error("loading the %s failed: %s", self.name, failure)
                 free_accelerator_memory()
-                raise ModelUnavailable(self.last_error) from exc
+                raise ModelUnavailable(failure)
             with self._lock:
                 self._model = model
                 self._state = ModelState.LOADED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,24 @@ def test_broken_checkpoints_fail_with_a_reason(tiny_checkpoint: Path, tmp_path: 
 def test_silence_is_transcribed_without_errors(engine: QwenOmniEngine) -> None:
     text = engine.transcribe(np.zeros(16000, dtype=np.float32), GenerationOptions(max_new_tokens=4))
     assert isinstance(text, str)
+
+
+def test_out_of_memory_frees_the_failed_attempt_before_the_retry(engine: QwenOmniEngine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from serve.generation import EngineOutOfMemory
+
+    attempt: list[weakref.ref] = []
+    freed_when_emptied: list[bool] = []
+
+    def generate(**_: object) -> torch.Tensor:
+        kv_cache = torch.zeros(4096)  # what the failed attempt holds in its frames
+        attempt.append(weakref.ref(kv_cache))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    monkeypatch.setattr(engine.model, "generate", generate)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed_when_emptied.append(attempt[0]() is None))
+    with pytest.raises(EngineOutOfMemory, match=r"Tried to allocate 2\.00 GiB") as caught:
+        engine.transcribe_batch([sine(2.0)], GenerationOptions(max_new_tokens=4, temperature=0.0))
+    assert freed_when_emptied == [True]  # the cache was emptied with the attempt's tensors already gone
+    assert attempt[0]() is None  # the exception held while the batch is retried smaller keeps none of them
+    assert caught.value.__cause__ is None and caught.value.__context__ is None

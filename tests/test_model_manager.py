@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import pytest
+import torch
 
 from serve.model_manager import ModelManager, ModelState, ModelUnavailable, gpu_memory_bytes
 
@@ -188,3 +190,26 @@ def test_gpu_memory_is_read_on_the_device_the_setting_names(monkeypatch: pytest.
     assert gpu_memory_bytes("cuda:1") == (3 << 30, 6 << 30)
     assert gpu_memory_bytes("auto") == gpu_memory_bytes("cuda") == (1 << 30, 2 << 30)
     assert gpu_memory_bytes("cpu") == (0.0, 0.0)
+
+
+def test_a_failed_load_frees_its_partial_model_before_the_memory_is_given_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import serve.model_manager as model_manager
+
+    partial: list[weakref.ref] = []
+    freed_when_emptied: list[bool] = []
+
+    def loader() -> object:
+        weights = torch.zeros(1024)  # what a load that fails half-way has put in memory
+        partial.append(weakref.ref(weights))
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    def free_accelerator_memory() -> None:
+        freed_when_emptied.append(partial[0]() is None)
+
+    monkeypatch.setattr(model_manager, "free_accelerator_memory", free_accelerator_memory)
+    manager = ModelManager(loader, idle_timeout=-1)
+    with pytest.raises(ModelUnavailable) as caught, manager.use():
+        pass
+    assert freed_when_emptied == [True]  # the memory was given back with nothing of the load left
+    assert partial[0]() is None  # and the exception the caller holds keeps none of it alive
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
