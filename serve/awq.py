@@ -209,6 +209,12 @@ class OmniAwqQuantizer(HfQuantizer):
         return False
 
     @property
+    def is_compileable(self) -> bool:
+        # The layers call aten's int4 matmuls, which torch.compile traces like any op: generation may compile
+        # the decode step (it only does when asked, with a static cache and a compile config).
+        return True
+
+    @property
     def is_trainable(self) -> bool:
         return False
 

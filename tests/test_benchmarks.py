@@ -59,6 +59,17 @@ def test_gpu_benchmark_code_path_on_a_tiny_model(tmp_path: Path) -> None:
     assert report["low_vram_vs_normal"]["rtf_batch1_ratio"] > 0
 
 
+def test_compile_benchmark_short(tmp_path: Path) -> None:
+    out = tmp_path / "compile.json"
+    result = run("bench_compile.py", "--layers", "2", "--weights", "awq", "--short", "4", "--long", "12",
+                 "--repeats", "1", "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())
+    assert [row["mode"] for row in rows] == ["eager", "static", "compiled"]
+    # The static cache and the compiled decode step give today's tokens, token for token (greedy).
+    assert all(row["tokens_equal_eager"] and row["per_token_ms"] > 0 for row in rows)
+
+
 def test_scaleout_benchmark_short(tmp_path: Path) -> None:
     out = tmp_path / "scaleout.json"
     # Two workers only: one worker's run is the same code with one process fewer (tests/distributed covers it).
