@@ -64,7 +64,7 @@ STOP_LINGER_SECONDS = 2.0  # as gunicorn's gthread: how long a stopping server s
 @dataclass(frozen=True)
 class IntakeLimits:
     client_timeout: float = 30.0  # seconds without a byte before 408
-    min_rate: int = 1024  # bytes per second a request must average after the first client_timeout; 0 = any
+    min_rate: int = 1024  # bytes per second each client_timeout window of a request must bring; 0 = any
     max_body: int = 4 * 1024**3  # larger bodies get 413
     keepalive: float = 5.0  # seconds an idle kept-alive connection stays open
     spool_dir: Path | None = None  # where large bodies are spooled (None: the system's temp folder)
@@ -245,6 +245,10 @@ class Intake:
         self._stopped.set()
         self._wake()
         self._thread.join(5)
+        if not self._thread.is_alive():  # its selector and wake-up pair are no longer in use
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
 
     def begin_shutdown(self) -> None:
         """A shutdown: a few seconds on (for a request the server's poller has just handed over), requests
