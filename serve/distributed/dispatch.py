@@ -27,10 +27,11 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -49,6 +50,7 @@ from .redis_store import PATIENCE_SECONDS, patiently
 from .tasks import FAILURE_META, QUEUE, pieces_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POLL_SECONDS = 0.05  # how often the dispatcher reads finished segments and refills the queue
 CHECK_SECONDS = 1.0  # how often it looks for lost, failed and orphaned tasks
@@ -148,7 +150,7 @@ class RemoteDestination:
     def open_lane(self, job_id: str, *, waiting_client: bool) -> _RemoteLane:
         (self.segments_dir / job_id).mkdir(parents=True, exist_ok=True)
         try:
-            patiently(lambda: self.redis.delete(pieces_key(job_id)))  # a re-run starts clean
+            self._patiently(lambda: self.redis.delete(pieces_key(job_id)))  # a re-run starts clean
         except redis.RedisError as exc:
             raise store_lost(exc) from exc
         return _RemoteLane(self, job_id, self.scheduler.open_flow(job_id, waiting_client=waiting_client))
@@ -176,6 +178,10 @@ class RemoteDestination:
         if self._thread.is_alive():
             self._thread.join()
 
+    def _patiently(self, action: Callable[[], T]) -> T:
+        """Wait out a Redis restart, but never past a close: a shutdown while Redis is down must not hang."""
+        return patiently(action, give_up=self._stop)
+
     # -- the dispatcher ------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -198,7 +204,7 @@ class RemoteDestination:
         with self._lock:
             self._collect(list(self._tasks.values()))
             if check:
-                self._live = patiently(self.cluster.workers)
+                self._live = self._patiently(self.cluster.workers)
                 self._check()
             self._release()
 
@@ -212,7 +218,7 @@ class RemoteDestination:
     def _release(self) -> None:
         """Refill the RQ queue from the scheduler, up to one task waiting per live worker."""
         target = max(1, len(self._live))
-        queued = patiently(lambda: self.queue.count)
+        queued = self._patiently(lambda: self.queue.count)
         while queued < target:
             waiting = self.scheduler.waiting
             if not waiting:
@@ -243,7 +249,7 @@ class RemoteDestination:
         task.rq_id = f"{task.entries[0].job_id}-{uuid.uuid4().hex[:12]}"
         segments = [entry.describe() for entry in task.entries]
         described = ", ".join(f"job {e.job_id} segment {e.index}" for e in task.entries)
-        patiently(lambda: self.queue.enqueue(
+        self._patiently(lambda: self.queue.enqueue(
             "serve.distributed.worker.transcribe_task", segments, asdict(task.options), job_id=task.rq_id,
             job_timeout=TASK_TIMEOUT, ttl=QUEUED_TTL, result_ttl=300, failure_ttl=3600, at_front=front,
             description=described[:500]))
@@ -265,7 +271,7 @@ class RemoteDestination:
             return pipe.execute()
 
         arrived: set[int] = set()
-        for entries, values in zip(wanted.values(), patiently(read), strict=True):
+        for entries, values in zip(wanted.values(), self._patiently(read), strict=True):
             for entry, value in zip(entries, values, strict=True):
                 if value is not None:
                     _resolve(entry, json.loads(value)["parts"])
@@ -280,8 +286,8 @@ class RemoteDestination:
         live = {beat["rq_worker"] for beat in self._live if beat.get("rq_worker")}
         for task in list(self._tasks.values()):
             try:
-                rq_task = patiently(lambda t=task: Task.fetch(t.rq_id, connection=self.redis))
-                status = patiently(rq_task.get_status)
+                rq_task = self._patiently(lambda t=task: Task.fetch(t.rq_id, connection=self.redis))
+                status = self._patiently(rq_task.get_status)
             except (NoSuchJobError, InvalidJobOperation):
                 log.warning("task %s was lost (Redis restarted?): queuing it again", task.rq_id)
                 self._retry(task, counts=None, reason="lost")
@@ -293,7 +299,7 @@ class RemoteDestination:
                 # Read the live workers again before judging: a worker that started since the last read has
                 # announced itself before taking this task.
                 if owners and not live.intersection(owners) and \
-                        not patiently(self.cluster.rq_workers).intersection(owners):
+                        not self._patiently(self.cluster.rq_workers).intersection(owners):
                     self._worker_died(task, f"worker {owners[0]} stopped heart-beating")
             elif status == TaskStatus.FINISHED:
                 self._collect([task])  # its texts may have landed since this round's read
@@ -304,7 +310,7 @@ class RemoteDestination:
 
     def _failed(self, task: _Task, rq_task: Task) -> None:
         """A task raised on its worker: try again (another worker may do better), at most MAX_FAILURES times."""
-        result = patiently(rq_task.latest_result)
+        result = self._patiently(rq_task.latest_result)
         lines = (result.exc_string or "").strip().splitlines() if result else []
         reason = lines[-1] if lines else "unknown error"
         if "AbandonedJobError" in reason:  # RQ's word for a worker that died
@@ -366,11 +372,10 @@ class RemoteDestination:
                 for request in batch:
                     request.future.set_exception(failure)
 
-    @staticmethod
-    def _owners(rq_task: Task) -> list[str]:
+    def _owners(self, rq_task: Task) -> list[str]:
         """The names of the RQ workers running ``rq_task``; none when it finished meanwhile."""
         try:
-            return [execution.worker_name for execution in patiently(rq_task.get_executions)]
+            return [execution.worker_name for execution in self._patiently(rq_task.get_executions)]
         except ValueError:  # RQ: an execution ended between listing and reading it
             return []
 
