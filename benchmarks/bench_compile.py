@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import build_tiny_checkpoints  # noqa: E402
 from transformers import CompileConfig  # noqa: E402
 
+from benchmarks.report import report  # noqa: E402
 from serve.engine import GenerationOptions, QwenOmniEngine  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -116,13 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += measure(engine, label, args)
             finally:
                 engine.close()
-    print("\n| weights | mode | layers | device | first call | per token | vs eager | tokens equal to eager |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['weights']} | {r['mode']} | {r['layers']} | {r['device']} | {r['first_call_s']} s | "
-              f"{r['per_token_ms']} ms | {r['speed_vs_eager']}x | {r['tokens_equal_eager']} |")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    print()
+    report(rows, args.json)
     return 0
 
 
