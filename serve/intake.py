@@ -158,16 +158,18 @@ class IntakeSocket:
         return self.sock.makefile(mode, buffering)
 
     def send(self, data: bytes, flags: int = 0) -> int:
-        if self._swallow_continue and bytes(data[:13]) in (b"HTTP/1.1 100 ", b"HTTP/1.0 100 "):
-            self._swallow_continue = False  # the intake has sent it already, when the client asked
-            return len(data)
-        return self.sock.send(data, flags)
+        return len(data) if self._swallowed(data) else self.sock.send(data, flags)
 
     def sendall(self, data: bytes, flags: int = 0) -> None:
+        if not self._swallowed(data):
+            self.sock.sendall(data, flags)
+
+    def _swallowed(self, data: bytes) -> bool:
+        """The server's own 100 Continue, which the intake has sent already when the client asked: dropped."""
         if self._swallow_continue and bytes(data[:13]) in (b"HTTP/1.1 100 ", b"HTTP/1.0 100 "):
             self._swallow_continue = False
-            return
-        self.sock.sendall(data, flags)
+            return True
+        return False
 
     def fileno(self) -> int:
         return self.sock.fileno()
