@@ -228,6 +228,7 @@ def test_a_final_record_the_store_refuses_is_answered_from_memory_and_written_la
     assert queue.check_store() is not None  # the probe fails too
     failing.failing.clear()
     until(lambda: store.get(sync.id).status is JobStatus.COMPLETED)
+    until(lambda: removed != [])  # the upload goes right after the record is written, in the job's thread
     assert removed == [sync.id] and queue.check_store() is None
     queue.stop()
 
