@@ -93,7 +93,7 @@ def test_unknown_opencc_variant_is_400(client, audio_dir: Path) -> None:  # type
 
 def test_vtt_endpoint(client, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
     response = client.post("/transcribe/vtt", data=form_upload(audio_dir / "tone.wav", "會議.wav",
-                                                               segment_duration="2"))
+                                                               segment_duration="2", temperature="0"))
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/vtt")
     assert "filename*=UTF-8''%E6%9C%83%E8%AD%B0.vtt" in response.headers["Content-Disposition"]
     body = response.get_data(as_text=True)
@@ -101,8 +101,8 @@ def test_vtt_endpoint(client, audio_dir: Path) -> None:  # type: ignore[no-untyp
 
 
 def test_result_in_every_format(app, client, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    job_id = client.post("/transcribe/async", data=form_upload(audio_dir / "tone.wav", "tone.wav",
-                                                               segment_duration="2")).get_json()["job_id"]
+    form = form_upload(audio_dir / "tone.wav", "tone.wav", segment_duration="2", temperature="0")
+    job_id = client.post("/transcribe/async", data=form).get_json()["job_id"]
     services_of(app).jobs.wait(job_id, 30)
     as_json = client.get(f"/result/{job_id}").get_json()
     assert as_json["status"] == "success" and len(as_json["segments"]) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,7 +86,11 @@ def test_pick_a_file_watch_it_grow_and_download_every_format(page, server: Serve
     assert sorted(p.name for p in files.values()) == ["long_tone.json", "long_tone.srt", "long_tone.txt",
                                                      "long_tone.vtt"]
     assert files["txt"].read_text(encoding="utf-8").strip() == shown.strip()
-    assert len(list(srt.parse(files["srt"].read_text(encoding="utf-8")))) >= 25
+    # Random weights can leave a segment blank, and a blank segment makes no cue: every spoken one must have one.
+    spoken = json.loads(files["json"].read_text(encoding="utf-8"))["segments"]
+    cues = list(srt.parse(files["srt"].read_text(encoding="utf-8")))
+    assert spoken and len(cues) >= len(spoken)
+    assert {round(s["start"]) for s in spoken} <= {round(c.start.total_seconds()) for c in cues}
     assert files["vtt"].read_text(encoding="utf-8").startswith("WEBVTT")
     jobs = requests.get(f"{server.url}/jobs", headers={"X-API-Key": KEY}, timeout=5).json()["jobs"]
     assert jobs[0]["status"] == "completed" and jobs[0]["filename"] == "long_tone.wav"
