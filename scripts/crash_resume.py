@@ -5,7 +5,10 @@ same folders each time, and check that every job completes with the transcript o
 1. Reference: one server runs the ``--jobs`` files (generated speech, different for each) to the end.
 2. Faults: a fresh server on fresh folders gets the same files as async jobs; then, until every job has
    ended, it is killed with SIGKILL ``--min-seconds`` to ``--max-seconds`` after its model has loaded,
-   and restarted (at most ``--kills`` times; after that it runs to the end).
+   and restarted (at most ``--kills`` times; after that it runs to the end). A kill also waits until every
+   unfinished job has finished a segment since the previous kill: a job killed repeatedly at the same
+   segment is what the crash-loop guard fails on purpose (``MAX_ATTEMPTS`` in serve/jobs.py), and it is
+   not what this run is about.
 3. Every job must be completed, its pieces (text and times) equal to the reference's, and ``inputs/`` and
    ``temp/`` empty once the server has stopped.
 
@@ -120,6 +123,18 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
+def wait_for_progress(server: Server, jobs: dict[str, str], done_before: dict[str, int],
+                      timeout: float = 600) -> dict[str, dict]:
+    """The jobs' statuses once each unfinished one has finished more segments than ``done_before`` says."""
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = server.statuses(jobs)
+        if all(s["status"] != "processing" or s["progress"]["segments_done"] > done_before[name]
+               for name, s in statuses.items()) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=10)
@@ -161,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         jobs = {path.name: server.submit(path) for path in audio}
         kills, started = 0, time.monotonic()
         segments_at_kill: list[int] = []
+        done_at_last_kill = dict.fromkeys(jobs, -1)
         while kills < args.kills:
             time.sleep(rng.uniform(args.min_seconds, args.max_seconds))
-            statuses = server.statuses(jobs)
+            statuses = wait_for_progress(server, jobs, done_at_last_kill)
             if all(s["status"] != "processing" for s in statuses.values()):
                 break
+            done_at_last_kill = {name: s["progress"]["segments_done"] for name, s in statuses.items()}
             server.kill()
             kills += 1
             segments_at_kill.append(sum(s["progress"]["segments_done"] for s in statuses.values()))
