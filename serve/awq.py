@@ -21,6 +21,7 @@ the checkpoint does not provide their packed tensors or carries packed tensors a
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -74,6 +75,75 @@ def _cuda_has_tinygemm(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def _pack_int4(q: torch.Tensor, kernel: str, tiles: int) -> torch.Tensor:
+    """int4 values [out, in] (int32) in the layout of ``kernel``'s matmul."""
+    if kernel == "tinygemm-cuda":
+        pairs = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
+        return torch.ops.aten._convert_weight_to_int4pack(pairs, tiles)
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), tiles)
+
+
+class Int4Unpacker:
+    """Recovers the int4 values [out, in] from a kernel's packed weight, to dequantise it for large inputs.
+
+    Neither packing op has an inverse in PyTorch. Both layouts are tiled, tile after tile in (row block,
+    column block) order: the CPU kernel stores 64 rows x 1 column in 32 bytes, tinygemm 8 rows x
+    16*inner_k_tiles columns in 64*inner_k_tiles bytes. The order of the values inside a tile is learnt
+    from the packing op itself (probes whose values spell each value's position, one hex digit per probe),
+    and the whole scheme is checked on a random matrix of several tiles: a layout that differs raises
+    AwqCheckpointError, and large inputs keep the int4 kernel.
+    """
+
+    def __init__(self, kernel: str, tiles: int, device: torch.device) -> None:
+        self.kernel = kernel
+        self.tiles = tiles
+        self.tile_rows, self.tile_cols = (8, 16 * tiles) if kernel == "tinygemm-cuda" else (64, 1)
+        probe_rows, probe_cols = 2 * self.tile_rows, max(2 * self.tile_cols, 32 * tiles)
+        cells = self.tile_rows * self.tile_cols
+        position = (torch.arange(probe_rows, device=device) % self.tile_rows).unsqueeze(1) * self.tile_cols + \
+            (torch.arange(probe_cols, device=device) % self.tile_cols).unsqueeze(0)
+        found = torch.zeros(2 * self._tile_bytes(), dtype=torch.int64, device=device)
+        for digit in range(max(1, math.ceil((cells - 1).bit_length() / 4))):
+            packed = _pack_int4(((position >> (4 * digit)) & 0xF).to(torch.int32), kernel, tiles)
+            found |= self._nibbles(packed, probe_rows, probe_cols)[0, 0].long() << (4 * digit)
+        # slot_of[p]: where, among a tile's nibbles, the value at tile position p is stored
+        self.slot_of = torch.empty(cells, dtype=torch.long, device=device)
+        self.slot_of[found] = torch.arange(found.numel(), device=device)
+        sample = torch.randint(0, 16, (probe_rows, probe_cols), dtype=torch.int32, device=device)
+        if not torch.equal(self.unpack(_pack_int4(sample, kernel, tiles), probe_rows, probe_cols).int(), sample):
+            raise AwqCheckpointError(f"the {kernel} int4 layout is not the one this unpacker knows")
+
+    def _tile_bytes(self) -> int:
+        return self.tile_rows * self.tile_cols // 2
+
+    def _nibbles(self, packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """[row tiles, column tiles, 2 x tile bytes] uint8: every nibble of every tile, low nibble first."""
+        raw = packed.contiguous().view(torch.uint8).reshape(rows // self.tile_rows, cols // self.tile_cols,
+                                                             self._tile_bytes())
+        return torch.stack([raw & 0xF, raw >> 4], dim=-1).flatten(-2)
+
+    def unpack(self, packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """The values [rows, cols] (uint8, 0..15) that ``packed`` holds."""
+        tiles = self._nibbles(packed, rows, cols)[..., self.slot_of]
+        tiles = tiles.reshape(rows // self.tile_rows, cols // self.tile_cols, self.tile_rows, self.tile_cols)
+        return tiles.permute(0, 2, 1, 3).reshape(rows, cols)
+
+
+_unpackers: dict[tuple[str, int, torch.device], Int4Unpacker | None] = {}
+
+
+def unpacker_for(kernel: str, tiles: int, device: torch.device) -> Int4Unpacker | None:
+    """The (cached) unpacker of ``kernel``'s layout on ``device``; None, with a warning, if it does not fit."""
+    key = (kernel, tiles, device)
+    if key not in _unpackers:
+        try:
+            _unpackers[key] = Int4Unpacker(kernel, tiles, device)
+        except AwqCheckpointError as exc:
+            log.warning("%s: large inputs stay on the int4 kernel", exc)
+            _unpackers[key] = None
+    return _unpackers[key]
+
+
 class AwqGemmLinear(nn.Module):
     """A Linear layer stored in AutoAWQ's GEMM format (4-bit, group-wise scales and zero points).
 
@@ -98,6 +168,10 @@ class AwqGemmLinear(nn.Module):
         self.register_buffer("scales", torch.zeros(groups, out_features, dtype=torch.float16))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.kernel: str | None = None
+        self.tiles = 0
+        # Inputs of at least this many rows (a prefill) run on the dequantised weight, a plain matrix product;
+        # 0 = never (set_dequant_rows).
+        self.dequant_rows = 0
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits=4, "
@@ -115,14 +189,9 @@ class AwqGemmLinear(nn.Module):
                 compute_dtype = torch.float32  # fp16 matmuls on CPU are slow and lossy
             s = self.scales.to(torch.float32)
             scales_and_zeros = torch.stack([s, (8 - z).to(torch.float32) * s], dim=-1).to(compute_dtype)
-            tiles = _inner_k_tiles(self.in_features)
-            if device.type == "cuda":
-                packed_pairs = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
-                packed = torch.ops.aten._convert_weight_to_int4pack(packed_pairs, tiles)
-                self.kernel = "tinygemm-cuda"
-            else:
-                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), tiles)
-                self.kernel = "int4pack-cpu"
+            self.tiles = _inner_k_tiles(self.in_features)
+            self.kernel = "tinygemm-cuda" if device.type == "cuda" else "int4pack-cpu"
+            packed = _pack_int4(q, self.kernel, self.tiles)
             self.register_buffer("int4_weight", packed, persistent=False)
             self.register_buffer("int4_scales_and_zeros", scales_and_zeros.contiguous(), persistent=False)
             # The AWQ tensors are no longer needed: free them (the point of 4-bit is the memory).
@@ -140,6 +209,11 @@ class AwqGemmLinear(nn.Module):
         if self.kernel == "dequantize":
             weight = dequantize_awq(self.qweight, self.qzeros, self.scales, self.group_size).to(x.dtype)
             out = flat @ weight.t()
+        elif self.dequant_rows and flat.shape[0] >= self.dequant_rows:
+            # One layer's float weight lives only for this product: peak memory grows by one layer at most.
+            weight = self.dequantized_weight()
+            out = torch.nn.functional.linear(flat.to(weight.dtype), weight).to(x.dtype)
+            del weight
         else:
             compute_dtype = self.int4_scales_and_zeros.dtype
             matmul = (torch.ops.aten._weight_int4pack_mm if self.kernel == "tinygemm-cuda"
@@ -149,6 +223,33 @@ class AwqGemmLinear(nn.Module):
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*shape, self.out_features)
+
+
+    @torch.no_grad()
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight [out, in] (the int4 kernel's compute dtype) the packed one encodes:
+        ``(q - 8) * scale + zero``, as tinygemm computes it."""
+        unpacker = unpacker_for(self.kernel, self.tiles, self.int4_weight.device)
+        if unpacker is None:
+            raise RuntimeError(f"no unpacker for the {self.kernel} layout")
+        scales, zeros = self.int4_scales_and_zeros.unbind(-1)  # [groups, out] each
+        weight = unpacker.unpack(self.int4_weight, self.out_features, self.in_features).to(scales.dtype)
+        # In place and broadcast over each group's columns: no temporary as large as the weight.
+        grouped = weight.sub_(8).view(self.out_features, -1, self.group_size)
+        grouped.mul_(scales.t().unsqueeze(-1)).add_(zeros.t().unsqueeze(-1))
+        return weight
+
+
+def set_dequant_rows(model: nn.Module, rows: int) -> int:
+    """Run AWQ layers on their dequantised weight for inputs of at least ``rows`` rows (0 = never), where the
+    layout can be unpacked. Returns how many layers will."""
+    able = 0
+    for module in model.modules():
+        if isinstance(module, AwqGemmLinear) and module.kernel in ("tinygemm-cuda", "int4pack-cpu"):
+            fits = rows > 0 and unpacker_for(module.kernel, module.tiles, module.int4_weight.device) is not None
+            module.dequant_rows = rows if fits else 0
+            able += fits
+    return able
 
 
 class OmniAwqConfig(QuantizationConfigMixin):

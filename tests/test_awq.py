@@ -61,6 +61,51 @@ def test_int4_kernel_matches_dequantized_matmul(dtype: torch.dtype) -> None:
     assert layer(x).shape == (2, 5, 64)
 
 
+@pytest.mark.parametrize("tiles", [2, 4, 8])
+def test_the_int4_layout_unpacks_to_the_values_packed(tiles: int) -> None:
+    unpacker = awq.Int4Unpacker("int4pack-cpu", tiles, torch.device("cpu"))
+    values = torch.randint(0, 16, (192, 512), dtype=torch.int32)
+    packed = awq._pack_int4(values, "int4pack-cpu", tiles)
+    assert torch.equal(unpacker.unpack(packed, 192, 512).int(), values)
+
+
+def test_an_unknown_layout_is_refused_and_large_inputs_keep_the_int4_kernel(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(awq, "_pack_int4", lambda q, kernel, tiles: torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        q.flip(0).to(torch.int32), tiles))  # a layout the unpacker does not know: rows reversed
+    with pytest.raises(awq.AwqCheckpointError, match="not the one this unpacker knows"):
+        awq.Int4Unpacker("int4pack-cpu", 2, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_inputs_run_on_the_dequantised_weight_with_the_same_result(dtype: torch.dtype) -> None:
+    _, packed = random_awq_linear(256, 128)
+    bias = torch.randn(128)
+    layer = load_linear(packed, bias, dtype)
+    x = torch.randn(3, 40, 256).to(dtype)
+    kernel_out = layer(x)
+    expected = awq.dequantize_awq(packed["qweight"], packed["qzeros"], packed["scales"], 128)
+    assert torch.allclose(layer.dequantized_weight().float(), expected, atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    layer.dequant_rows = 100  # 120 rows: above; 2 rows: below
+    tolerance = 1e-4 if dtype == torch.float32 else 0.05
+    assert torch.allclose(layer(x).float(), kernel_out.float(), atol=tolerance, rtol=tolerance)
+    assert torch.equal(layer(x[:1, :2]), kernel_out[:1, :2])  # small inputs: the int4 kernel, unchanged
+
+
+def test_the_engine_sets_the_dequant_threshold_on_every_decoder_layer(tiny_awq_checkpoint: Path) -> None:
+    engine = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu", awq_dequant_rows=64)
+    try:
+        layers = [m for m in engine.model.modules() if isinstance(m, awq.AwqGemmLinear)]
+        assert layers and all(m.dequant_rows == 64 for m in layers)
+        ids = torch.randint(0, 300, (1, 80))
+        with torch.inference_mode():
+            dequantised = engine.model(input_ids=ids).logits
+            assert awq.set_dequant_rows(engine.model, 0) == 0
+            on_the_kernel = engine.model(input_ids=ids).logits
+        assert torch.allclose(dequantised, on_the_kernel, atol=1e-3), (dequantised - on_the_kernel).abs().max()
+    finally:
+        engine.close()
+
+
 def test_unprepared_layer_refuses_to_run() -> None:
     layer = awq.AwqGemmLinear(128, 8, False, 128)
     with pytest.raises(RuntimeError, match="prepare"):
@@ -192,6 +237,26 @@ def test_cuda_int4_kernel_matches_dequantized_matmul() -> None:
     expected = x.float() @ awq.dequantize_awq(packed["qweight"], packed["qzeros"], packed["scales"],
                                               128).cuda().t() + bias.cuda()
     assert torch.allclose(layer(x).float(), expected, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tinygemm_layout_unpacks_and_dequantised_matmul_matches() -> None:
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("tinygemm needs compute capability 8.0")
+    for tiles in (2, 4, 8):
+        unpacker = awq.Int4Unpacker("tinygemm-cuda", tiles, torch.device("cuda"))
+        values = torch.randint(0, 16, (256, 1024), dtype=torch.int32, device="cuda")
+        assert torch.equal(unpacker.unpack(awq._pack_int4(values, "tinygemm-cuda", tiles), 256, 1024).int(), values)
+    _, packed = random_awq_linear(512, 256)
+    layer = awq.AwqGemmLinear(512, 256, False, 128)
+    layer.load_state_dict(packed)
+    layer = layer.cuda()
+    layer.prepare()
+    x = torch.randn(600, 512, device="cuda", dtype=torch.bfloat16)
+    on_the_kernel = layer(x)
+    layer.dequant_rows = 512
+    assert torch.allclose(layer(x).float(), on_the_kernel.float(), atol=0.05, rtol=0.05)
 
 
 @pytest.mark.gpu
