@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     low_vram: bool = Field(False, description="for 8 GB cards: keep the audio encoder and the token embeddings in "
                                               "CPU memory (the encoder visits the GPU for each prefill)")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cuda', 'cuda:N' or 'cpu'")
+    awq_dequant_rows: int = Field(0, ge=0, description="AWQ checkpoints: inputs of at least this many rows (a "
+                                                       "prefill's tokens x segments) use the dequantised weight "
+                                                       "and a plain matrix product; 0 = always the int4 kernel")
+    compiled_decode: bool = Field(False, description="generate with a static KV cache and a compiled decode step "
+                                                     "(CUDA graphs on a GPU), compiled at load for every batch "
+                                                     "size, cached on disk under --data-dir; off in --low-vram mode")
     idle_timeout: float = Field(300.0, description="seconds idle before the model is unloaded; 0 = right after "
                                                    "each request, negative = never")
     preload: bool = Field(False, description="load the model at start instead of on the first request")
@@ -235,7 +241,7 @@ class Settings(BaseSettings):
         return str(value).upper()
 
 
-_BOOL_FLAGS = ("local_model", "flash_attn2", "low_vram", "preload")
+_BOOL_FLAGS = ("local_model", "flash_attn2", "low_vram", "compiled_decode", "preload")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ nothing about HTTP, jobs or files other than the checkpoint.
 
 from __future__ import annotations
 
+import copy
 import gc
 import importlib.util
 import json
@@ -28,9 +29,10 @@ from transformers import (
 )
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
-from . import awq
+from . import awq, compiled_decode
 from . import low_vram as low_vram_mode
 from .audio import SAMPLE_RATE
+from .compiled_decode import CompiledDecoder, DecodePlan, batch_buckets
 from .generation import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, EngineOutOfMemory, GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,14 @@ class AudioOnlyThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         # which low-VRAM mode keeps off the GPU.
         return self.lm_head.weight.device
 
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if not kwargs.get("is_first_iteration") and kwargs.get("use_cache", True):
+            # A decode step: the audio is in the KV cache already. transformers forwards the features' mask all
+            # the same, and in a compiled decode step every audio length would be a new shape to compile.
+            inputs.pop("feature_attention_mask", None)
+        return inputs
+
     @classmethod
     def register_weight_names(cls) -> None:
         """Load published checkpoints with the parent class's key renames (they are looked up by class name)."""
@@ -155,13 +165,15 @@ class QwenOmniEngine:
         self._chat_template = chat_template
         self._prompts: dict[str, str] = {}
         self._prompt = self.prompt_for(DEFAULT_INSTRUCTION)  # also checks the template once, at load
+        self.compiled: CompiledDecoder | None = None  # set by compile_decode()
 
     @classmethod
     def load(cls, checkpoint: Path, *, device: str = "auto", flash_attn2: bool = False,
-             low_vram: bool = False) -> QwenOmniEngine:
+             low_vram: bool = False, awq_dequant_rows: int = 0) -> QwenOmniEngine:
         """Load the thinker of a full Qwen2.5-Omni checkpoint (or a thinker-only one) from a local folder.
 
         ``low_vram``: keep the audio encoder and token embeddings in CPU memory (:mod:`serve.low_vram`).
+        ``awq_dequant_rows``: AWQ layers run inputs of at least this many rows on their dequantised weight.
         """
         started = time.monotonic()
         checkpoint = Path(checkpoint)
@@ -213,6 +225,9 @@ class QwenOmniEngine:
                 low_vram_mode.finish(model, torch_device)
             except ValueError as exc:
                 raise EngineLoadError(f"low-VRAM mode: {exc}") from exc
+        if quantization and awq_dequant_rows:
+            layers = awq.set_dequant_rows(model, awq_dequant_rows)
+            log.info("AWQ: %d layers dequantise for inputs of %d rows or more", layers, awq_dequant_rows)
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
         feature_extractor = WhisperFeatureExtractor.from_pretrained(checkpoint, local_files_only=True)
@@ -300,13 +315,20 @@ class QwenOmniEngine:
 
     def transcribe_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[str]:
         """Raw transcripts of several segments, generated together (each stops at its own end token)."""
-        inputs = self._inputs([np.asarray(samples, dtype=np.float32) for samples in batch], options.instruction)
+        clips = [np.asarray(samples, dtype=np.float32) for samples in batch]
+        with torch.inference_mode():  # inference tensors throughout: a compiled step guards on that too
+            inputs = self._inputs(clips, options.instruction)
         prompt_tokens = inputs["input_ids"].shape[1]
         generation_config = self._generation_config(options, prompt_tokens)
         out_of_memory = None
         try:
             with self._lock, torch.inference_mode():
-                output = self.model.generate(**inputs, generation_config=generation_config)
+                if self.compiled is None:
+                    generated = self.model.generate(**inputs, generation_config=generation_config)[:, prompt_tokens:]
+                else:
+                    seconds = max(len(clip) for clip in clips) / SAMPLE_RATE
+                    plan = self.compiled.plan(len(clips), prompt_tokens, seconds, generation_config.max_new_tokens)
+                    generated = self._generate_compiled(inputs, generation_config, plan)
         except torch.OutOfMemoryError as exc:
             out_of_memory = str(exc).splitlines()[0] if str(exc) else "out of memory"
         if out_of_memory is not None:
@@ -318,14 +340,85 @@ class QwenOmniEngine:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise EngineOutOfMemory(out_of_memory)
-        return self.tokenizer.batch_decode(output[:, prompt_tokens:], skip_special_tokens=True)
+        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
 
-    def suggest_batch_size(self, segment_seconds: float, max_new_tokens: int, limit: int = 16) -> int:
+    def _generate_compiled(self, inputs: dict[str, torch.Tensor], generation_config: GenerationConfig,
+                           plan: DecodePlan) -> torch.Tensor:
+        """Generated tokens [rows, n] from the compiled pass, and for rows that spent its budget without
+        ending (and may go on), from an eager continuation; rows end in padding as ``generate`` pads them."""
+        rows, prompt_tokens = inputs["input_ids"].shape
+        padded = {name: _pad_rows(tensor, plan.batch) for name, tensor in inputs.items()}
+        config = copy.deepcopy(generation_config)
+        for key, value in self.compiled.settings(plan).items():
+            setattr(config, key, value)
+        output = self.model.generate(**padded, generation_config=config)[:rows]
+        del padded
+        generated = output[:, prompt_tokens:]
+        remaining = generation_config.max_new_tokens - generated.shape[1]
+        ended = torch.isin(generated, torch.tensor(self._stop_ids, device=generated.device)).any(dim=1)
+        going_on = (~ended).nonzero().flatten()
+        if remaining <= 0 or len(going_on) == 0:
+            return generated
+        # The prompt and what the compiled pass generated become the continuation's prompt (its prefill
+        # recomputes their cache); the repetition penalty sees the same tokens as on the eager path.
+        more = {
+            "input_ids": output[going_on],
+            "attention_mask": torch.cat([inputs["attention_mask"][going_on],
+                                         torch.ones_like(generated[going_on])], dim=1),
+            "input_features": inputs["input_features"][going_on],
+            "feature_attention_mask": inputs["feature_attention_mask"][going_on],
+        }
+        config = copy.deepcopy(generation_config)
+        config.max_new_tokens = remaining
+        continued = self.model.generate(**more, generation_config=config)[:, output.shape[1]:]
+        log.info("%d of %d rows spent the compiled budget of %d tokens and went on eagerly (%d more at most)",
+                 len(going_on), rows, plan.new_tokens, remaining)
+        tail = torch.full((rows, continued.shape[1]), self._pad_id, dtype=generated.dtype, device=generated.device)
+        tail[going_on] = continued
+        return torch.cat([generated, tail], dim=1)
+
+    def compile_decode(self, batch_size: int, segment_seconds: float, max_new_tokens: int, *,
+                       cache_dir: Path | None = None) -> float:
+        """Generate with a static cache and a compiled decode step from now on (:mod:`serve.compiled_decode`),
+        compiling at once the graphs of every batch bucket up to ``batch_size`` for segments of
+        ``segment_seconds``, so that no request pays for compiling. Returns the warm-up's seconds."""
+        if self.low_vram:
+            log.warning("compiled decode is off in low-VRAM mode: the CPU-held modules cannot be compiled")
+            return 0.0
+        started = time.monotonic()
+        compiled = CompiledDecoder(self.device, batch_size=batch_size, cache_dir=cache_dir)
+        silence = np.zeros(int(segment_seconds * SAMPLE_RATE), dtype=np.float32)
+        with torch.inference_mode():
+            inputs = self._inputs([silence], DEFAULT_INSTRUCTION)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        config = self._generation_config(GenerationOptions(max_new_tokens=max_new_tokens, temperature=0.0),
+                                         prompt_tokens)
+        # A few decode steps per bucket: CUDA graph trees run a new graph once, then record it, then replay.
+        config.min_new_tokens = config.max_new_tokens = 4
+        with self._lock, torch.inference_mode():
+            for bucket in batch_buckets(batch_size):
+                plan = compiled.plan(bucket, prompt_tokens, segment_seconds, max_new_tokens)
+                warm = {name: _pad_rows(tensor, bucket) for name, tensor in inputs.items()}
+                settings = compiled.settings(plan)
+                settings["max_new_tokens"] = config.max_new_tokens
+                warm_config = copy.deepcopy(config)
+                for key, value in settings.items():
+                    setattr(warm_config, key, value)
+                self.model.generate(**warm, generation_config=warm_config)
+            self.compiled = compiled
+        seconds = time.monotonic() - started
+        log.info("compiled decode ready for batches of %s (%d-position cache) in %.1f s",
+                 "/".join(map(str, batch_buckets(batch_size))), plan.cache_len, seconds)
+        return seconds
+
+    def suggest_batch_size(self, segment_seconds: float, max_new_tokens: int, limit: int = 16, *,
+                           compiled: bool = False) -> int:
         """How many segments fit in the free accelerator memory at once (1 on CPU, where batching buys little).
 
         Per segment: the KV cache of its audio tokens (25 per second), the prompt and a realistic transcript
         (about 8 tokens per second of audio, at most max_new_tokens), with 50% headroom, plus a fixed
-        allowance for the audio encoder's activations.
+        allowance for the audio encoder's activations. With ``compiled`` decode the cache is static: as long
+        as the compiled pass's plan, allocated whole.
         """
         if self.device.type != "cuda":
             return 1
@@ -334,6 +427,9 @@ class QwenOmniEngine:
         kv_bytes_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * \
             self.model.dtype.itemsize
         tokens = 25 * segment_seconds + 64 + min(max_new_tokens, 8 * segment_seconds)
+        if compiled:
+            tokens = compiled_decode.plan(1, int(25 * segment_seconds + 64), segment_seconds,
+                                          max_new_tokens).cache_len
         per_segment = 1.5 * kv_bytes_per_token * tokens + 256 * 1024**2
         # In low-VRAM mode the audio encoder visits the GPU one layer at a time: no room to set aside for it
         # (measured on an H200: the prefill adds no more than in the normal mode, benchmarks/README.md).
@@ -341,11 +437,22 @@ class QwenOmniEngine:
         return max(1, min(limit, int(0.8 * free // per_segment)))
 
     def close(self) -> None:
-        """Drop every reference to the model so that its memory can be freed."""
+        """Drop every reference to the model (and its compiled graphs) so that its memory can be freed."""
         with self._lock:
+            if self.compiled is not None:
+                self.compiled.release(self.model)
+                self.compiled = None
             self.model = None
             self.tokenizer = None
             self.feature_extractor = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor`` with its last row repeated up to ``rows`` rows (a compiled graph's fixed batch)."""
+    missing = rows - tensor.shape[0]
+    if missing <= 0:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])], dim=0)

@@ -36,10 +36,17 @@ def engine_loader(settings: Settings, scheduler: FairScheduler) -> Callable[[], 
         checkpoint = resolve_checkpoint(settings.checkpoint_path, local_only=settings.local_model,
                                         models_dir=settings.models_dir, app_dir=APP_DIR)
         engine = QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
-                                     low_vram=settings.low_vram)
-        batch_size = settings.batch_size or engine.suggest_batch_size(settings.segment_duration,
-                                                                      settings.max_new_tokens)
+                                     low_vram=settings.low_vram, awq_dequant_rows=settings.awq_dequant_rows)
+        batch_size = settings.batch_size or engine.suggest_batch_size(
+            settings.segment_duration, settings.max_new_tokens, compiled=settings.compiled_decode)
         log.info("generating up to %d segments per batch", batch_size)
+        if settings.compiled_decode:
+            try:
+                engine.compile_decode(batch_size, settings.segment_duration, settings.max_new_tokens,
+                                      cache_dir=settings.data_dir / "compile-cache")
+            except BaseException:
+                engine.close()  # a failed warm-up must not keep the model (and its graphs) in memory
+                raise
         return BatchRunner(engine, batch_size, scheduler)
 
     return load

@@ -1,0 +1,124 @@
+"""Compiled decode (static KV cache + torch.compile) on the tiny checkpoints, on the CPU: the same greedy
+tokens as the eager path, compiled at load for every batch bucket, and nothing kept after unloading."""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from serve.compiled_decode import CACHE_STEP, CompiledDecoder, batch_buckets, bucket_for, plan
+from serve.engine import GenerationOptions, QwenOmniEngine
+from tests.conftest import form_upload, sine
+
+GREEDY = GenerationOptions(max_new_tokens=24, temperature=0.0)
+CLIPS = [sine(1.5, 330.0), sine(3.0, 440.0), sine(2.2, 550.0)]  # three rows: padded to a bucket of 4
+
+
+def test_batch_buckets_are_powers_of_two_and_the_batch_size() -> None:
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(16) == [1, 2, 4, 8, 16]
+    assert batch_buckets(12) == [1, 2, 4, 8, 12]
+    assert [bucket_for(n, 12) for n in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
+    assert bucket_for(20, 12) == 20  # beyond the runner's batch size: exactly as many rows
+    with pytest.raises(ValueError):
+        batch_buckets(0)
+
+
+def test_the_cache_holds_the_prompt_and_a_budget_rounded_to_a_step() -> None:
+    thirty = plan(3, prompt_tokens=790, audio_seconds=30.0, max_new_tokens=8192, batch_size=16)
+    assert thirty.batch == 4 and thirty.new_tokens == 480  # 16 tokens per second of audio
+    assert thirty.cache_len % CACHE_STEP == 0 and thirty.cache_len >= 790 + 480
+    short = plan(1, prompt_tokens=60, audio_seconds=1.0, max_new_tokens=8192)
+    assert short.new_tokens == 64 and short.cache_len == CACHE_STEP  # never less than the minimum budget
+    assert plan(1, 60, 30.0, max_new_tokens=100).new_tokens == 100  # never more than the request allows
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
+    engine = QwenOmniEngine.load(tiny_checkpoint, device="cpu")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    engine = QwenOmniEngine.load(tiny_checkpoint, device="cpu")
+    engine.compile_decode(4, 3.0, GREEDY.max_new_tokens, cache_dir=tmp_path_factory.mktemp("compile-cache"))
+    yield engine
+    engine.close()
+
+
+def graphs_compiled() -> int:
+    return torch._dynamo.utils.counters["frames"]["ok"]
+
+
+def test_greedy_tokens_equal_the_eager_paths_with_no_compiling_after_the_warm_up(
+        eager: QwenOmniEngine, compiled: QwenOmniEngine) -> None:
+    before = graphs_compiled()
+    for rows in (CLIPS[:1], CLIPS[:2], CLIPS):  # buckets 1, 2 and 4 (three rows and a repeated one)
+        assert compiled.transcribe_batch(rows, GREEDY) == eager.transcribe_batch(rows, GREEDY)
+    assert graphs_compiled() == before  # the warm-up at load compiled every bucket
+
+
+def test_rows_past_the_compiled_budget_go_on_eagerly_to_the_same_tokens(
+        eager: QwenOmniEngine, compiled: QwenOmniEngine, caplog: pytest.LogCaptureFixture) -> None:
+    warm = compiled.compiled
+    compiled.compiled = CompiledDecoder(warm.device, batch_size=4, tokens_per_second=0, min_budget=3)
+    try:
+        with caplog.at_level(logging.INFO, logger="serve.engine"):
+            assert compiled.transcribe_batch(CLIPS, GREEDY) == eager.transcribe_batch(CLIPS, GREEDY)
+    finally:
+        compiled.compiled = warm
+    assert "spent the compiled budget of 3 tokens and went on eagerly" in caplog.text
+
+
+def test_sampling_and_the_repetition_penalty_run_compiled(compiled: QwenOmniEngine) -> None:
+    options = GenerationOptions(max_new_tokens=12, temperature=0.8, repetition_penalty=1.3)
+    texts = compiled.transcribe_batch(CLIPS[:2], options)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_unloading_drops_the_graphs_and_a_reload_compiles_from_the_disk_cache(tiny_checkpoint: Path,
+                                                                                tmp_path: Path) -> None:
+    engine = QwenOmniEngine.load(tiny_checkpoint, device="cpu")
+    engine.compile_decode(1, 1.0, 8, cache_dir=tmp_path / "cache")
+    # The first compile of the process named the folder (the fixture's, when it ran first): artefacts are there.
+    assert any(Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).rglob("*"))
+    ref = weakref.ref(engine.model)
+    engine.close()
+    assert engine.compiled is None and ref() is None
+
+    hits = torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"]
+    again = QwenOmniEngine.load(tiny_checkpoint, device="cpu")
+    try:
+        again.compile_decode(1, 1.0, 8, cache_dir=tmp_path / "cache")
+        assert torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"] > hits
+    finally:
+        again.close()
+
+
+def test_low_vram_mode_stays_eager(tiny_checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine = QwenOmniEngine.load(tiny_checkpoint, device="cpu", low_vram=True)
+    try:
+        assert engine.compile_decode(2, 1.0, 8) == 0.0
+        assert engine.compiled is None and "compiled decode is off in low-VRAM mode" in caplog.text
+    finally:
+        engine.close()
+
+
+def test_the_server_compiles_its_awq_model_at_load_when_asked(make_app, audio_dir: Path,  # type: ignore[no-untyped-def]
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    form = {"segment_duration": "2", "temperature": "0"}
+    with caplog.at_level(logging.INFO):
+        compiled = make_app(compiled_decode=True, segment_duration=2.0).test_client().post(
+            "/transcribe/json", data=form_upload(audio_dir / "tone.wav", **form))
+    assert compiled.status_code == 200, compiled.get_json()
+    assert "compiled decode ready for batches of 1" in caplog.text  # at load, before the first segment
+    eager = make_app(segment_duration=2.0).test_client().post("/transcribe/json",
+                                                               data=form_upload(audio_dir / "tone.wav", **form))
+    assert compiled.get_json()["segments"] == eager.get_json()["segments"]
