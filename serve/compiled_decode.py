@@ -98,7 +98,7 @@ class CompiledDecoder:
     def settings(self, plan: DecodePlan) -> dict[str, Any]:
         """What a ``GenerationConfig`` needs on top of the eager one to run ``plan`` compiled."""
         return {"cache_implementation": "static", "max_cache_len": plan.cache_len,
-                "compile_config": self.compile_config, "max_new_tokens": plan.new_tokens}
+                "compile_config": self.compile_config}
 
     @staticmethod
     def release(model: Any) -> None:

@@ -169,11 +169,12 @@ class QwenOmniEngine:
 
     @classmethod
     def load(cls, checkpoint: Path, *, device: str = "auto", flash_attn2: bool = False,
-             low_vram: bool = False, awq_dequant_rows: int = 0) -> QwenOmniEngine:
+             low_vram: bool = False, awq_dequant_rows: int = -1) -> QwenOmniEngine:
         """Load the thinker of a full Qwen2.5-Omni checkpoint (or a thinker-only one) from a local folder.
 
         ``low_vram``: keep the audio encoder and token embeddings in CPU memory (:mod:`serve.low_vram`).
-        ``awq_dequant_rows``: AWQ layers run inputs of at least this many rows on their dequantised weight.
+        ``awq_dequant_rows``: AWQ layers run inputs of at least this many rows on their dequantised weight
+        (0: never; -1: :func:`awq.default_dequant_rows` for the device).
         """
         started = time.monotonic()
         checkpoint = Path(checkpoint)
@@ -225,6 +226,8 @@ class QwenOmniEngine:
                 low_vram_mode.finish(model, torch_device)
             except ValueError as exc:
                 raise EngineLoadError(f"low-VRAM mode: {exc}") from exc
+        if awq_dequant_rows < 0:
+            awq_dequant_rows = awq.default_dequant_rows(torch_device)
         if quantization and awq_dequant_rows:
             layers = awq.set_dequant_rows(model, awq_dequant_rows)
             log.info("AWQ: %d layers dequantise for inputs of %d rows or more", layers, awq_dequant_rows)
@@ -351,6 +354,7 @@ class QwenOmniEngine:
         config = copy.deepcopy(generation_config)
         for key, value in self.compiled.settings(plan).items():
             setattr(config, key, value)
+        config.max_new_tokens = min(generation_config.max_new_tokens, plan.new_tokens)
         output = self.model.generate(**padded, generation_config=config)[:rows]
         del padded
         generated = output[:, prompt_tokens:]
@@ -396,15 +400,17 @@ class QwenOmniEngine:
         # A few decode steps per bucket: CUDA graph trees run a new graph once, then record it, then replay.
         config.min_new_tokens = config.max_new_tokens = 4
         with self._lock, torch.inference_mode():
-            for bucket in batch_buckets(batch_size):
-                plan = compiled.plan(bucket, prompt_tokens, segment_seconds, max_new_tokens)
-                warm = {name: _pad_rows(tensor, bucket) for name, tensor in inputs.items()}
-                settings = compiled.settings(plan)
-                settings["max_new_tokens"] = config.max_new_tokens
-                warm_config = copy.deepcopy(config)
-                for key, value in settings.items():
-                    setattr(warm_config, key, value)
-                self.model.generate(**warm, generation_config=warm_config)
+            try:
+                for bucket in batch_buckets(batch_size):
+                    plan = compiled.plan(bucket, prompt_tokens, segment_seconds, max_new_tokens)
+                    warm = {name: _pad_rows(tensor, bucket) for name, tensor in inputs.items()}
+                    warm_config = copy.deepcopy(config)
+                    for key, value in compiled.settings(plan).items():
+                        setattr(warm_config, key, value)
+                    self.model.generate(**warm, generation_config=warm_config)
+            except BaseException:
+                compiled.release(self.model)  # what was compiled so far: the engine stays eager
+                raise
             self.compiled = compiled
         seconds = time.monotonic() - started
         log.info("compiled decode ready for batches of %s (%d-position cache) in %.1f s",

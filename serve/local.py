@@ -37,16 +37,16 @@ def engine_loader(settings: Settings, scheduler: FairScheduler) -> Callable[[], 
                                         models_dir=settings.models_dir, app_dir=APP_DIR)
         engine = QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
                                      low_vram=settings.low_vram, awq_dequant_rows=settings.awq_dequant_rows)
+        compiled = settings.compiled_decode and not settings.low_vram  # the engine stays eager in low-VRAM mode
         batch_size = settings.batch_size or engine.suggest_batch_size(
-            settings.segment_duration, settings.max_new_tokens, compiled=settings.compiled_decode)
+            settings.segment_duration, settings.max_new_tokens, compiled=compiled)
         log.info("generating up to %d segments per batch", batch_size)
         if settings.compiled_decode:
             try:
                 engine.compile_decode(batch_size, settings.segment_duration, settings.max_new_tokens,
                                       cache_dir=settings.data_dir / "compile-cache")
-            except BaseException:
-                engine.close()  # a failed warm-up must not keep the model (and its graphs) in memory
-                raise
+            except Exception:  # a compiler that fails here (a missing toolchain, memory) must not cost the model
+                log.exception("compiled decode failed at load: generating on the default (eager) path")
         return BatchRunner(engine, batch_size, scheduler)
 
     return load

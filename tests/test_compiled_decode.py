@@ -122,3 +122,34 @@ def test_the_server_compiles_its_awq_model_at_load_when_asked(make_app, audio_di
     eager = make_app(segment_duration=2.0).test_client().post("/transcribe/json",
                                                                data=form_upload(audio_dir / "tone.wav", **form))
     assert compiled.get_json()["segments"] == eager.get_json()["segments"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("weights", ["bf16", "awq"])
+def test_cuda_compiled_decode_gives_the_eager_tokens(tiny_checkpoints: tuple[Path, Path], weights: str) -> None:
+    checkpoint = tiny_checkpoints[weights == "awq"]
+    eager = QwenOmniEngine.load(checkpoint, device="cuda")
+    expected = [eager.transcribe_batch(CLIPS[:n], GREEDY) for n in (1, 3)]
+    eager.close()
+    compiled = QwenOmniEngine.load(checkpoint, device="cuda")
+    try:
+        compiled.compile_decode(4, 3.0, GREEDY.max_new_tokens)
+        before = graphs_compiled()
+        assert [compiled.transcribe_batch(CLIPS[:n], GREEDY) for n in (1, 3)] == expected
+        assert graphs_compiled() == before
+    finally:
+        compiled.close()
+
+
+def test_a_compiler_that_fails_at_load_leaves_the_server_on_the_eager_path(make_app, audio_dir: Path,  # type: ignore[no-untyped-def]
+                                                                          monkeypatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    def failing_compile(self, *args, **kwargs) -> float:  # type: ignore[no-untyped-def]
+        raise RuntimeError("inductor: no working C++ compiler (simulated)")
+
+    monkeypatch.setattr(QwenOmniEngine, "compile_decode", failing_compile)
+    client = make_app(compiled_decode=True).test_client()
+    response = client.post("/transcribe/json", data=form_upload(audio_dir / "tone.wav", segment_duration="2"))
+    assert response.status_code == 200, response.get_json()
+    assert "compiled decode failed at load: generating on the default (eager) path" in caplog.text

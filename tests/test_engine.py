@@ -207,3 +207,29 @@ def test_out_of_memory_frees_the_failed_attempt_before_the_retry(engine: QwenOmn
     assert freed_when_emptied == [True]  # the cache was emptied with the attempt's tensors already gone
     assert attempt[0]() is None  # the exception held while the batch is retried smaller keeps none of them
     assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_out_of_memory_leaves_the_failed_attempts_memory_free(tiny_awq_checkpoint: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from serve.generation import EngineOutOfMemory
+
+    engine = QwenOmniEngine.load(tiny_awq_checkpoint, device="cuda")
+    try:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+
+        def generate(**_: object) -> torch.Tensor:
+            # What a failed attempt holds in its frame (KV cache, activations), alive as long as its traceback.
+            kv_cache = torch.empty(256 * 1024**2, dtype=torch.uint8, device="cuda")
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated, holding {kv_cache.numel()} bytes)")
+
+        monkeypatch.setattr(engine.model, "generate", generate)
+        with pytest.raises(EngineOutOfMemory):
+            engine.transcribe_batch([sine(2.0)], GenerationOptions(max_new_tokens=4, temperature=0.0))
+        torch.cuda.synchronize()
+        # Nothing of the attempt is allocated while the caller retries: not the frame's tensor, not the cache.
+        assert torch.cuda.memory_allocated() - before < 16 * 1024**2
+        assert torch.cuda.memory_reserved() - before < 64 * 1024**2  # and the allocator gave it back
+    finally:
+        engine.close()
