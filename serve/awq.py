@@ -240,6 +240,14 @@ class AwqGemmLinear(nn.Module):
         return weight
 
 
+def default_dequant_rows(device: torch.device) -> int:
+    """Where the dequantised weight starts to win, as measured (benchmarks/README.md): on a CPU the int4
+    kernel costs about 22 ms per row for a 3584 x 3584 layer, the dequantised product 90 ms for 16 rows and
+    125 ms for 256 (4x and 41x faster there); on a GPU, 0 (the int4 kernel) until scripts/gpu_checks.sh
+    has measured the crossover."""
+    return 16 if device.type == "cpu" else 0
+
+
 def set_dequant_rows(model: nn.Module, rows: int) -> int:
     """Run AWQ layers on their dequantised weight for inputs of at least ``rows`` rows (0 = never), where the
     layout can be unpacked. Returns how many layers will."""

@@ -70,9 +70,10 @@ class Settings(BaseSettings):
     low_vram: bool = Field(False, description="for 8 GB cards: keep the audio encoder and the token embeddings in "
                                               "CPU memory (the encoder visits the GPU for each prefill)")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cuda', 'cuda:N' or 'cpu'")
-    awq_dequant_rows: int = Field(0, ge=0, description="AWQ checkpoints: inputs of at least this many rows (a "
-                                                       "prefill's tokens x segments) use the dequantised weight "
-                                                       "and a plain matrix product; 0 = always the int4 kernel")
+    awq_dequant_rows: int = Field(-1, ge=-1, description="AWQ checkpoints: inputs of at least this many rows (a "
+                                                         "prefill's tokens x segments) use the dequantised weight "
+                                                         "and a plain matrix product; 0 = always the int4 kernel; "
+                                                         "-1 = auto (16 on a CPU, 0 on a GPU until measured there)")
     compiled_decode: bool = Field(False, description="generate with a static KV cache and a compiled decode step "
                                                      "(CUDA graphs on a GPU), compiled at load for every batch "
                                                      "size, cached on disk under --data-dir; off in --low-vram mode")

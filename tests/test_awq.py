@@ -92,6 +92,9 @@ def test_large_inputs_run_on_the_dequantised_weight_with_the_same_result(dtype: 
 
 
 def test_the_engine_sets_the_dequant_threshold_on_every_decoder_layer(tiny_awq_checkpoint: Path) -> None:
+    default = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu")
+    assert {m.dequant_rows for m in default.model.modules() if isinstance(m, awq.AwqGemmLinear)} == {16}  # CPU
+    default.close()
     engine = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu", awq_dequant_rows=64)
     try:
         layers = [m for m in engine.model.modules() if isinstance(m, awq.AwqGemmLinear)]
@@ -175,7 +178,7 @@ def test_awq_logits_equal_the_float_model_with_dequantized_weights(tiny_checkpoi
             weight = awq.dequantize_awq(packed[key], packed[f"{base}.qzeros"], packed[f"{base}.scales"], 128)
             ref[f"{base}.weight"] = weight.to(torch.bfloat16).contiguous()
             save_file(ref, str(ref_shard), metadata={"format": "pt"})
-    quantized = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu").model
+    quantized = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu", awq_dequant_rows=0).model  # the int4 kernel
     reference = QwenOmniEngine.load(reference_dir, device="cpu").model
     ids = torch.randint(0, 300, (1, 20))
     with torch.inference_mode():

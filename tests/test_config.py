@@ -25,6 +25,9 @@ def test_defaults_are_the_guides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.repetition_penalty == 1.1
     assert s.idle_timeout == 300
     assert s.local_model is False and s.flash_attn2 is False and s.preload is False
+    assert s.compiled_decode is False and s.awq_dequant_rows == -1  # GPU: off until measured there (issue 15)
+    fast = parse_args(["--compiled-decode", "--awq-dequant-rows", "256"])
+    assert fast.compiled_decode is True and fast.awq_dequant_rows == 256
     assert s.max_upload_size == 4 * 1024**3
     assert (s.inputs_dir, s.temp_dir, s.outputs_dir, s.models_dir) == (
         APP_DIR / "inputs", APP_DIR / "temp", APP_DIR / "outputs", APP_DIR / "Qwen")
