@@ -7,8 +7,8 @@ own code (``QwenOmniEngine.load``), bf16 (fp32 on CPU) and AWQ. The weights are 
 token is what the GPU pays per token at batch 1 too: Python, the framework and kernel launches. Each mode
 generates from the same 5 s tone, greedy; the per-token time is the difference between a long and a short
 generation divided by the extra tokens (prefill cancels out), the median of ``--repeats``. The first call
-of each mode (compilation, for the compiled one) is reported apart. Every mode's tokens must equal the
-eager path's, token for token.
+of each mode (for the compiled one: the server's warm-up at load, then the call) is reported apart. Every
+mode's tokens must equal the eager path's, token for token.
 
     python benchmarks/bench_compile.py                  # 28 layers, bf16 and AWQ
     python benchmarks/bench_compile.py --layers 4 --json out.json
@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_tiny_checkpoints  # noqa: E402
-from transformers import CompileConfig  # noqa: E402
 
 from benchmarks.report import report  # noqa: E402
 from serve.engine import GenerationOptions, QwenOmniEngine  # noqa: E402
@@ -45,29 +44,27 @@ def tone(seconds: float) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
 
 
-def mode_settings(mode: str) -> dict:
-    """Generation settings on top of the server's own (``QwenOmniEngine._generation_config``)."""
-    if mode == "eager":
-        return {}
-    if mode == "static":
-        return {"cache_implementation": "static"}
-    compile_config = CompileConfig(fullgraph=False, dynamic=False)
-    compile_config._compile_all_devices = True  # transformers compiles on accelerators only unless asked
-    return {"cache_implementation": "static", "compile_config": compile_config}
-
-
 def generate(engine: QwenOmniEngine, audio: np.ndarray, tokens: int, mode: str) -> tuple[torch.Tensor, float]:
+    """Generated tokens and seconds. "compiled" is the server's path (``--compiled-decode``: compiled at the
+    first call, as at load), "static" transformers' static cache alone, "eager" the server's default."""
     options = GenerationOptions(max_new_tokens=tokens, temperature=0.0)
-    inputs = engine._inputs([audio], options.instruction)
-    config = engine._generation_config(options, inputs["input_ids"].shape[1])
-    config.min_new_tokens = tokens  # every run generates exactly ``tokens`` (random weights may stop early)
-    for key, value in mode_settings(mode).items():
-        setattr(config, key, value)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     with torch.inference_mode():
-        output = engine.model.generate(**inputs, generation_config=config)
+        inputs = engine._inputs([audio], options.instruction)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        config = engine._generation_config(options, prompt_tokens)
+        config.min_new_tokens = tokens  # every run generates exactly ``tokens`` (random weights may stop early)
+        if mode == "compiled":
+            if engine.compiled is None:
+                engine.compile_decode(1, len(audio) / SAMPLE_RATE, 8192)
+            plan = engine.compiled.plan(1, prompt_tokens, len(audio) / SAMPLE_RATE, 8192)
+            output = engine._generate_compiled(inputs, config, plan)
+        else:
+            if mode == "static":
+                config.cache_implementation = "static"
+            output = engine.model.generate(**inputs, generation_config=config)[:, prompt_tokens:]
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     return output, time.perf_counter() - started

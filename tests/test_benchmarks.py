@@ -49,14 +49,20 @@ def test_serving_benchmark_short(tmp_path: Path) -> None:
 
 def test_gpu_benchmark_code_path_on_a_tiny_model(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
+    modes = ["awq_low_vram", "awq", "awq_fast", "bf16"]
     result = run("bench_gpu.py", "--tiny", "--device", "cpu", "--segments", "5", "--batches", "1", "2",
-                 "--rtf-segment", "5", "--modes", "awq_low_vram", "awq", "bf16", "--json", str(out))
+                 "--rtf-segment", "5", "--modes", *modes, "--crossover-rows", "16", "300", "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert [key for key in report if key in ("awq", "awq_low_vram", "bf16")] == ["awq_low_vram", "awq", "bf16"]
-    for name in ("awq", "awq_low_vram", "bf16"):
+    assert [key for key in report if key in modes] == modes
+    for name in modes:
         assert report[name]["segment_5s"]["decode_tok_s"] > 0 and report[name]["rtf_batch2"] > 0
     assert report["low_vram_vs_normal"]["rtf_batch1_ratio"] > 0
+    # The fast path: compiled at load, reloaded after an unload, compared with the eager path of the same run.
+    assert report["awq_fast"]["compiled_decode"] and report["awq_fast"]["reload_s"] > 0
+    assert report["awq_fast_vs_awq"]["rtf_batch1_speedup"] > 0
+    assert {row["rows"] for row in report["dequant_crossover"]} == {16, 300}
+    assert all(row["int4_ms"] > 0 and row["dequant_ms"] > 0 for row in report["dequant_crossover"])
 
 
 def test_compile_benchmark_short(tmp_path: Path) -> None:
