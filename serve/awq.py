@@ -87,31 +87,48 @@ class Int4Unpacker:
     """Recovers the int4 values [out, in] from a kernel's packed weight, to dequantise it for large inputs.
 
     Neither packing op has an inverse in PyTorch. Both layouts are tiled, tile after tile in (row block,
-    column block) order: the CPU kernel stores 64 rows x 1 column in 32 bytes, tinygemm 8 rows x
-    16*inner_k_tiles columns in 64*inner_k_tiles bytes. The order of the values inside a tile is learnt
-    from the packing op itself (probes whose values spell each value's position, one hex digit per probe),
-    and the whole scheme is checked on a random matrix of several tiles: a layout that differs raises
-    AwqCheckpointError, and large inputs keep the int4 kernel.
+    column block) order: the CPU kernel stores BLOCK_N rows x 1 column in BLOCK_N/2 bytes (BLOCK_N is 64
+    with AVX512, 32 with AVX2, and so on: each size is tried), tinygemm 8 rows x 16*inner_k_tiles columns in
+    64*inner_k_tiles bytes. The order of the values inside a tile is learnt from the packing op itself
+    (probes whose values spell each value's position, one hex digit per probe), and the whole scheme is
+    checked on a random matrix of several tiles: a layout that differs raises AwqCheckpointError, and large
+    inputs keep the int4 kernel.
     """
 
     def __init__(self, kernel: str, tiles: int, device: torch.device) -> None:
         self.kernel = kernel
         self.tiles = tiles
-        self.tile_rows, self.tile_cols = (8, 16 * tiles) if kernel == "tinygemm-cuda" else (64, 1)
-        probe_rows, probe_cols = 2 * self.tile_rows, max(2 * self.tile_cols, 32 * tiles)
+        shapes = [(8, 16 * tiles)] if kernel == "tinygemm-cuda" else [(64, 1), (32, 1), (16, 1), (8, 1)]
+        for self.tile_rows, self.tile_cols in shapes:
+            if self._learn(device):
+                return
+        raise AwqCheckpointError(f"the {kernel} int4 layout is not the one this unpacker knows")
+
+    def _learn(self, device: torch.device) -> bool:
+        """Learn the order inside a tile of the current shape; whether it unpacks a random matrix exactly."""
+        probe_rows, probe_cols = 2 * self.tile_rows, max(2 * self.tile_cols, 32 * self.tiles)
         cells = self.tile_rows * self.tile_cols
         position = (torch.arange(probe_rows, device=device) % self.tile_rows).unsqueeze(1) * self.tile_cols + \
             (torch.arange(probe_cols, device=device) % self.tile_cols).unsqueeze(0)
-        found = torch.zeros(2 * self._tile_bytes(), dtype=torch.int64, device=device)
+        found = torch.zeros(cells, dtype=torch.int64, device=device)
         for digit in range(max(1, math.ceil((cells - 1).bit_length() / 4))):
-            packed = _pack_int4(((position >> (4 * digit)) & 0xF).to(torch.int32), kernel, tiles)
+            packed = _pack_int4(((position >> (4 * digit)) & 0xF).to(torch.int32), self.kernel, self.tiles)
+            if packed.numel() * packed.element_size() != probe_rows * probe_cols // 2:
+                return False
             found |= self._nibbles(packed, probe_rows, probe_cols)[0, 0].long() << (4 * digit)
+        # A tile of another size spells some positions twice and others never: not an order to index with.
+        if not torch.equal(found.sort().values, torch.arange(cells, device=device)):
+            return False
         # slot_of[p]: where, among a tile's nibbles, the value at tile position p is stored
         self.slot_of = torch.empty(cells, dtype=torch.long, device=device)
-        self.slot_of[found] = torch.arange(found.numel(), device=device)
+        self.slot_of[found] = torch.arange(cells, device=device)
         sample = torch.randint(0, 16, (probe_rows, probe_cols), dtype=torch.int32, device=device)
-        if not torch.equal(self.unpack(_pack_int4(sample, kernel, tiles), probe_rows, probe_cols).int(), sample):
-            raise AwqCheckpointError(f"the {kernel} int4 layout is not the one this unpacker knows")
+        unpacked = self.unpack(_pack_int4(sample, self.kernel, self.tiles), probe_rows, probe_cols)
+        return bool(torch.equal(unpacked.int(), sample))
+
+    def fits(self, rows: int, cols: int) -> bool:
+        """Whether a [rows, cols] weight is made of whole tiles (else it keeps the int4 kernel)."""
+        return rows % self.tile_rows == 0 and cols % self.tile_cols == 0
 
     def _tile_bytes(self) -> int:
         return self.tile_rows * self.tile_cols // 2
@@ -138,7 +155,7 @@ def unpacker_for(kernel: str, tiles: int, device: torch.device) -> Int4Unpacker 
     if key not in _unpackers:
         try:
             _unpackers[key] = Int4Unpacker(kernel, tiles, device)
-        except AwqCheckpointError as exc:
+        except Exception as exc:  # whatever the packing op does with the probes, the int4 kernel still works
             log.warning("%s: large inputs stay on the int4 kernel", exc)
             _unpackers[key] = None
     return _unpackers[key]
@@ -254,7 +271,8 @@ def set_dequant_rows(model: nn.Module, rows: int) -> int:
     able = 0
     for module in model.modules():
         if isinstance(module, AwqGemmLinear) and module.kernel in ("tinygemm-cuda", "int4pack-cpu"):
-            fits = rows > 0 and unpacker_for(module.kernel, module.tiles, module.int4_weight.device) is not None
+            unpacker = unpacker_for(module.kernel, module.tiles, module.int4_weight.device) if rows > 0 else None
+            fits = unpacker is not None and unpacker.fits(module.out_features, module.in_features)
             module.dequant_rows = rows if fits else 0
             able += fits
     return able
