@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -40,7 +41,9 @@ class SegmentOutOfMemory(Exception):
 
 class BatchRunner:
     def __init__(self, engine: BatchEngine, batch_size: int, scheduler: FairScheduler,
-                 gather_seconds: float = GATHER_SECONDS) -> None:
+                 gather_seconds: float = GATHER_SECONDS, prepare: Callable[[], None] | None = None) -> None:
+        """``prepare`` runs first, on the runner's thread (compiled decode's warm-up: CUDA graphs belong to
+        the thread that records them); the runner is returned once it has."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.engine = engine
@@ -50,17 +53,33 @@ class BatchRunner:
         self._closed = False
         self.batches_run = 0
         self.largest_batch = 0
+        self._prepare = prepare
+        self._prepared = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batch-runner", daemon=True)
         self._thread.start()
+        self._prepared.wait()
 
     def close(self) -> None:
-        """Stop taking work (what waits stays with the scheduler for the next load), then close the engine."""
+        """Stop taking work (what waits stays with the scheduler for the next load); the runner's thread
+        closes the engine on its way out."""
         self._closed = True
         self.scheduler.wake()  # after the flag: a runner about to wait sees it, one waiting is woken
         self._thread.join()
-        self.engine.close()
 
     def _loop(self) -> None:
+        try:
+            if self._prepare is not None:
+                self._prepare()
+        except Exception:
+            log.exception("preparing the engine failed: it runs as loaded")
+        finally:
+            self._prepared.set()
+        try:
+            self._serve()
+        finally:
+            self.engine.close()  # on this thread, which owns the engine's per-thread state (CUDA graphs)
+
+    def _serve(self) -> None:
         while not self._closed:
             batch = self.scheduler.next_batch(self.batch_size, gather_seconds=self.gather_seconds,
                                               stop=lambda: self._closed)

@@ -326,11 +326,13 @@ class QwenOmniEngine:
         out_of_memory = None
         try:
             with self._lock, torch.inference_mode():
-                if self.compiled is None:
-                    generated = self.model.generate(**inputs, generation_config=generation_config)[:, prompt_tokens:]
-                else:
+                plan = None
+                if self.compiled is not None:
                     seconds = max(len(clip) for clip in clips) / SAMPLE_RATE
                     plan = self.compiled.plan(len(clips), prompt_tokens, seconds, generation_config.max_new_tokens)
+                if plan is None:
+                    generated = self.model.generate(**inputs, generation_config=generation_config)[:, prompt_tokens:]
+                else:
                     generated = self._generate_compiled(inputs, generation_config, plan)
         except torch.OutOfMemoryError as exc:
             out_of_memory = str(exc).splitlines()[0] if str(exc) else "out of memory"
@@ -352,14 +354,20 @@ class QwenOmniEngine:
         rows, prompt_tokens = inputs["input_ids"].shape
         padded = {name: _pad_rows(tensor, plan.batch) for name, tensor in inputs.items()}
         config = copy.deepcopy(generation_config)
-        for key, value in self.compiled.settings(plan).items():
+        for key, value in self.compiled.settings().items():
             setattr(config, key, value)
         config.max_new_tokens = min(generation_config.max_new_tokens, plan.new_tokens)
-        output = self.model.generate(**padded, generation_config=config)[:rows]
+        output = self.model.generate(**padded, past_key_values=self.compiled.cache_for(plan),
+                                     generation_config=config)[:rows]
         del padded
         generated = output[:, prompt_tokens:]
         remaining = generation_config.max_new_tokens - generated.shape[1]
         ended = torch.isin(generated, torch.tensor(self._stop_ids, device=generated.device)).any(dim=1)
+        # A degenerate row that emitted an audio placeholder cannot be a prompt again (the continuation would
+        # look for audio features for it): it ends where it is.
+        audio_ids = [i for i in (self.model.config.audio_token_id,
+                                 getattr(self.model.config, "audio_start_token_id", None)) if i is not None]
+        ended |= torch.isin(generated, torch.tensor(audio_ids, device=generated.device)).any(dim=1)
         going_on = (~ended).nonzero().flatten()
         if remaining <= 0 or len(going_on) == 0:
             return generated
@@ -385,36 +393,39 @@ class QwenOmniEngine:
                        cache_dir: Path | None = None) -> float:
         """Generate with a static cache and a compiled decode step from now on (:mod:`serve.compiled_decode`),
         compiling at once the graphs of every batch bucket up to ``batch_size`` for segments of
-        ``segment_seconds``, so that no request pays for compiling. Returns the warm-up's seconds."""
+        ``segment_seconds``, so that no request pays for compiling. Returns the warm-up's seconds.
+
+        Call it on the thread that will generate (CUDA graphs belong to the thread that records them), and
+        :meth:`close` on that thread too."""
         if self.low_vram:
             log.warning("compiled decode is off in low-VRAM mode: the CPU-held modules cannot be compiled")
             return 0.0
         started = time.monotonic()
-        compiled = CompiledDecoder(self.device, batch_size=batch_size, cache_dir=cache_dir)
         silence = np.zeros(int(segment_seconds * SAMPLE_RATE), dtype=np.float32)
         with torch.inference_mode():
             inputs = self._inputs([silence], DEFAULT_INSTRUCTION)
         prompt_tokens = inputs["input_ids"].shape[1]
+        cache_len = compiled_decode.cache_length(prompt_tokens, segment_seconds, max_new_tokens)
+        compiled = CompiledDecoder(self.model, batch_size=batch_size, cache_len=cache_len, cache_dir=cache_dir)
         config = self._generation_config(GenerationOptions(max_new_tokens=max_new_tokens, temperature=0.0),
                                          prompt_tokens)
         # A few decode steps per bucket: CUDA graph trees run a new graph once, then record it, then replay.
         config.min_new_tokens = config.max_new_tokens = 4
+        for key, value in compiled.settings().items():
+            setattr(config, key, value)
         with self._lock, torch.inference_mode():
             try:
                 for bucket in batch_buckets(batch_size):
-                    plan = compiled.plan(bucket, prompt_tokens, segment_seconds, max_new_tokens)
+                    plan = compiled.plan(bucket, prompt_tokens, segment_seconds, config.max_new_tokens)
                     warm = {name: _pad_rows(tensor, bucket) for name, tensor in inputs.items()}
-                    warm_config = copy.deepcopy(config)
-                    for key, value in compiled.settings(plan).items():
-                        setattr(warm_config, key, value)
-                    self.model.generate(**warm, generation_config=warm_config)
+                    self.model.generate(**warm, past_key_values=compiled.cache_for(plan), generation_config=config)
             except BaseException:
-                compiled.release(self.model)  # what was compiled so far: the engine stays eager
+                compiled.release()  # what was compiled so far: the engine stays eager
                 raise
             self.compiled = compiled
         seconds = time.monotonic() - started
         log.info("compiled decode ready for batches of %s (%d-position cache) in %.1f s",
-                 "/".join(map(str, batch_buckets(batch_size))), plan.cache_len, seconds)
+                 "/".join(map(str, batch_buckets(batch_size))), cache_len, seconds)
         return seconds
 
     def suggest_batch_size(self, segment_seconds: float, max_new_tokens: int, limit: int = 16, *,
@@ -434,8 +445,7 @@ class QwenOmniEngine:
             self.model.dtype.itemsize
         tokens = 25 * segment_seconds + 64 + min(max_new_tokens, 8 * segment_seconds)
         if compiled:
-            tokens = compiled_decode.plan(1, int(25 * segment_seconds + 64), segment_seconds,
-                                          max_new_tokens).cache_len
+            tokens = compiled_decode.cache_length(int(25 * segment_seconds + 64), segment_seconds, max_new_tokens)
         per_segment = 1.5 * kv_bytes_per_token * tokens + 256 * 1024**2
         # In low-VRAM mode the audio encoder visits the GPU one layer at a time: no room to set aside for it
         # (measured on an H200: the prefill adds no more than in the normal mode, benchmarks/README.md).
@@ -446,7 +456,7 @@ class QwenOmniEngine:
         """Drop every reference to the model (and its compiled graphs) so that its memory can be freed."""
         with self._lock:
             if self.compiled is not None:
-                self.compiled.release(self.model)
+                self.compiled.release()
                 self.compiled = None
             self.model = None
             self.tokenizer = None

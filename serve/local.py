@@ -41,13 +41,15 @@ def engine_loader(settings: Settings, scheduler: FairScheduler) -> Callable[[], 
         batch_size = settings.batch_size or engine.suggest_batch_size(
             settings.segment_duration, settings.max_new_tokens, compiled=compiled)
         log.info("generating up to %d segments per batch", batch_size)
-        if settings.compiled_decode:
+
+        def compile_decode() -> None:
             try:
                 engine.compile_decode(batch_size, settings.segment_duration, settings.max_new_tokens,
                                       cache_dir=settings.data_dir / "compile-cache")
             except Exception:  # a compiler that fails here (a missing toolchain, memory) must not cost the model
                 log.exception("compiled decode failed at load: generating on the default (eager) path")
-        return BatchRunner(engine, batch_size, scheduler)
+
+        return BatchRunner(engine, batch_size, scheduler, prepare=compile_decode if settings.compiled_decode else None)
 
     return load
 

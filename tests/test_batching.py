@@ -210,3 +210,40 @@ def test_concurrent_jobs_share_batches(make_app, audio_dir: Path) -> None:  # ty
         t.join()
     assert done == [200, 200, 200]
     assert services_of(app).models._model.largest_batch >= 2  # one-segment jobs met in one batch
+
+
+def test_the_engine_is_prepared_and_closed_on_the_runners_own_thread() -> None:
+    """Compiled decode's CUDA graphs belong to the thread that records them: the runner's thread warms the
+    engine up (before the runner is handed out) and closes it."""
+    threads: dict[str, str] = {}
+
+    class ThreadRecordingEngine(RecordingEngine):  # test double: notes the thread that closes it
+        def close(self) -> None:
+            threads["close"] = threading.current_thread().name
+            super().close()
+
+    engine = ThreadRecordingEngine(delay=0)
+    prepared = threading.Event()
+
+    def prepare() -> None:
+        time.sleep(0.05)
+        threads["prepare"] = threading.current_thread().name
+        prepared.set()
+
+    runner = BatchRunner(engine, 1, FairScheduler(), prepare=prepare)
+    assert prepared.is_set()  # the warm-up finished before the runner was returned
+    runner.close()
+    assert engine.closed and threads == {"prepare": "batch-runner", "close": "batch-runner"}
+
+
+def test_a_failed_preparation_leaves_a_working_runner(caplog: pytest.LogCaptureFixture) -> None:
+    def prepare() -> None:
+        raise RuntimeError("no compiler (simulated)")
+
+    scheduler = FairScheduler()
+    runner = BatchRunner(RecordingEngine(delay=0), 1, scheduler, prepare=prepare)
+    try:
+        assert submit(scheduler, scheduler.open_flow("job"), 5).result(timeout=5) == ["5:0.0"]
+        assert "preparing the engine failed" in caplog.text
+    finally:
+        runner.close()

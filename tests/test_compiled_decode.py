@@ -7,11 +7,12 @@ import logging
 import os
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from serve.compiled_decode import CACHE_STEP, CompiledDecoder, batch_buckets, bucket_for, plan
+from serve.compiled_decode import CACHE_STEP, PROMPT_ROOM, CompiledDecoder, batch_buckets, bucket_for, cache_length
 from serve.engine import GenerationOptions, QwenOmniEngine
 from tests.conftest import form_upload, sine
 
@@ -24,18 +25,24 @@ def test_batch_buckets_are_powers_of_two_and_the_batch_size() -> None:
     assert batch_buckets(16) == [1, 2, 4, 8, 16]
     assert batch_buckets(12) == [1, 2, 4, 8, 12]
     assert [bucket_for(n, 12) for n in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
-    assert bucket_for(20, 12) == 20  # beyond the runner's batch size: exactly as many rows
+    assert bucket_for(20, 12) is None  # beyond the runner's batch size
     with pytest.raises(ValueError):
         batch_buckets(0)
 
 
-def test_the_cache_holds_the_prompt_and_a_budget_rounded_to_a_step() -> None:
-    thirty = plan(3, prompt_tokens=790, audio_seconds=30.0, max_new_tokens=8192, batch_size=16)
-    assert thirty.batch == 4 and thirty.new_tokens == 480  # 16 tokens per second of audio
-    assert thirty.cache_len % CACHE_STEP == 0 and thirty.cache_len >= 790 + 480
-    short = plan(1, prompt_tokens=60, audio_seconds=1.0, max_new_tokens=8192)
-    assert short.new_tokens == 64 and short.cache_len == CACHE_STEP  # never less than the minimum budget
-    assert plan(1, 60, 30.0, max_new_tokens=100).new_tokens == 100  # never more than the request allows
+def test_the_cache_length_is_fixed_at_load_and_plans_fit_in_it() -> None:
+    thirty = cache_length(prompt_tokens=790, audio_seconds=30.0, max_new_tokens=8192)
+    assert thirty % CACHE_STEP == 0 and thirty >= 790 + PROMPT_ROOM + 480  # 16 tokens per second of audio
+    assert cache_length(60, 1.0, 8192) == CACHE_STEP  # never less than the minimum budget, rounded up
+    model = SimpleNamespace(device=torch.device("cpu"))  # a test double: plans need no weights
+    decoder = CompiledDecoder(model, batch_size=16, cache_len=thirty)
+    plan = decoder.plan(3, 790, 30.0, 8192)
+    assert plan is not None and plan.batch == 4 and plan.new_tokens == 480
+    assert decoder.plan(1, 790, 30.0, 100).new_tokens == 100  # never more than the request allows
+    longer = decoder.plan(1, 1090, 30.0, 8192)  # a long context prompt: what is left of the cache
+    assert longer is not None and longer.new_tokens == thirty - 1090 < 480
+    assert decoder.plan(1, thirty - 10, 30.0, 8192) is None  # a segment longer than configured: eager
+    assert decoder.plan(17, 790, 30.0, 8192) is None  # more rows than the runner's batch: eager
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +70,17 @@ def test_greedy_tokens_equal_the_eager_paths_with_no_compiling_after_the_warm_up
     for rows in (CLIPS[:1], CLIPS[:2], CLIPS):  # buckets 1, 2 and 4 (three rows and a repeated one)
         assert compiled.transcribe_batch(rows, GREEDY) == eager.transcribe_batch(rows, GREEDY)
     assert graphs_compiled() == before  # the warm-up at load compiled every bucket
+    decoder = compiled.compiled
+    with torch.inference_mode():
+        storage = {decoder.cache_for(decoder.plan(n, 100, 1.0, 8)).layers[0].keys.data_ptr() for n in (1, 2, 3, 4)}
+    assert len(storage) == 1  # every bucket's cache is a view of one storage, at the same address every call
 
 
 def test_rows_past_the_compiled_budget_go_on_eagerly_to_the_same_tokens(
         eager: QwenOmniEngine, compiled: QwenOmniEngine, caplog: pytest.LogCaptureFixture) -> None:
     warm = compiled.compiled
-    compiled.compiled = CompiledDecoder(warm.device, batch_size=4, tokens_per_second=0, min_budget=3)
+    compiled.compiled = CompiledDecoder(compiled.model, batch_size=4, cache_len=warm.cache_len, tokens_per_second=0,
+                                        min_budget=3)
     try:
         with caplog.at_level(logging.INFO, logger="serve.engine"):
             assert compiled.transcribe_batch(CLIPS, GREEDY) == eager.transcribe_batch(CLIPS, GREEDY)
