@@ -6,7 +6,7 @@ same folders each time, and check that every job completes with the transcript o
 2. Faults: a fresh server on fresh folders gets the same files as async jobs; then, until every job has
    ended, it is killed with SIGKILL ``--min-seconds`` to ``--max-seconds`` after its model has loaded,
    and restarted (at most ``--kills`` times; after that it runs to the end). A kill also waits until every
-   unfinished job has finished a segment since the previous kill: a job killed repeatedly at the same
+   running job has finished a segment since the previous kill: a job killed repeatedly at the same
    segment is what the crash-loop guard fails on purpose (``MAX_ATTEMPTS`` in serve/jobs.py), and it is
    not what this run is about.
 3. Every job must be completed, its pieces (text and times) equal to the reference's, and ``inputs/`` and
@@ -125,11 +125,12 @@ def leftovers(folder: Path) -> list[str]:
 
 def wait_for_progress(server: Server, jobs: dict[str, str], done_before: dict[str, int],
                       timeout: float = 600) -> dict[str, dict]:
-    """The jobs' statuses once each unfinished one has finished more segments than ``done_before`` says."""
+    """The jobs' statuses once each running one has finished more segments than ``done_before`` says."""
     deadline = time.monotonic() + timeout
     while True:
         statuses = server.statuses(jobs)
-        if all(s["status"] != "processing" or s["progress"]["segments_done"] > done_before[name]
+        # Queued jobs (status "processing" too) wait for a place and cannot progress: only running ones count.
+        if all(s.get("stage") != "running" or s["progress"]["segments_done"] > done_before[name]
                for name, s in statuses.items()) or time.monotonic() > deadline:
             return statuses
         time.sleep(0.05)

@@ -38,7 +38,8 @@ timeout "${GPU_COMPILE_TIMEOUT:-150}" "$python" benchmarks/bench_compile.py --de
 
 # shellcheck disable=SC2086  # GPU_BENCH_MODES is a list of words
 timeout "${GPU_BENCH_TIMEOUT:-1800}" "$python" benchmarks/bench_gpu.py \
-  --modes ${GPU_BENCH_MODES:-awq awq_fast bf16 bf16_compiled} --json "$report/gpu.json" "$@" 2>&1 \
+  --modes ${GPU_BENCH_MODES:-awq awq_fast bf16 bf16_compiled} --segments 30 60 --batches 1 8 16 \
+  --json "$report/gpu.json" "$@" 2>&1 \
   | tee "$report/bench.log" || status=1
 
 echo "gpu_checks: $([ "$status" = 0 ] && echo passed || echo FAILED), reports in $report/"
