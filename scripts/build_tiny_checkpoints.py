@@ -133,8 +133,9 @@ PREPROCESSOR_CONFIG = {
 }
 
 
-def build_tokenizer(out: Path) -> dict[str, int]:
-    """Write the tokenizer files in the published layout; return the ids of the special tokens."""
+def train_bpe(special_tokens: list[str]):  # type: ignore[no-untyped-def]
+    """A byte-level BPE like Qwen2's (same pre-tokenisation), trained on TRAINING_TEXT, with ``special_tokens``
+    added after the merges (as in the published tokenizers)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -153,7 +154,13 @@ def build_tokenizer(out: Path) -> dict[str, int]:
         show_progress=False,
     )
     tok.train_from_iterator(TRAINING_TEXT * 4, trainer=trainer)
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_special_tokens(special_tokens)
+    return tok
+
+
+def build_tokenizer(out: Path) -> dict[str, int]:
+    """Write the tokenizer files in the published layout; return the ids of the special tokens."""
+    tok = train_bpe(SPECIAL_TOKENS)
     tok.save(str(out / "tokenizer.json"))
     tok.model.save(str(out))  # vocab.json + merges.txt
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}

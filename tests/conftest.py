@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import build_tiny_aligner  # noqa: E402
 import build_tiny_checkpoints  # noqa: E402
 from local_redis import RedisServer  # noqa: E402
 
@@ -30,6 +31,12 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     """(bf16 full Omni checkpoint, AWQ full Omni checkpoint), built once per session."""
     out = tmp_path_factory.mktemp("checkpoints")
     return build_tiny_checkpoints.build(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_aligner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen3-ForcedAligner checkpoint in the published -hf layout, built once per session."""
+    return build_tiny_aligner.build_aligner(tmp_path_factory.mktemp("aligner"))
 
 
 @pytest.fixture(scope="session")
