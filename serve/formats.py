@@ -96,6 +96,11 @@ def shape_cues(piece: Piece, columns: int = LINE_COLUMNS, lines_per_cue: int = L
     return cues
 
 
+def _to_millisecond(seconds: float) -> float:
+    """One rounding rule for every format: to the nearest millisecond (SRT's writer would truncate)."""
+    return round(seconds * 1000) / 1000
+
+
 def _readable_cues(transcript: Transcript) -> list[Cue]:
     cues: list[Cue] = []
     for piece in transcript.pieces:
@@ -103,7 +108,7 @@ def _readable_cues(transcript: Transcript) -> list[Cue]:
             end = max(cue.end, cue.start + _MIN_CUE_SECONDS)
             if transcript.duration:
                 end = min(end, max(transcript.duration, cue.start + _MIN_CUE_SECONDS))
-            cues.append(Cue(cue.start, end, cue.text))
+            cues.append(Cue(_to_millisecond(cue.start), _to_millisecond(end), cue.text))
     return cues
 
 
@@ -140,7 +145,8 @@ def to_vtt(transcript: Transcript) -> str:
 def to_segments(transcript: Transcript) -> list[dict]:
     """The pieces as JSON-ready dicts (seconds rounded to milliseconds)."""
     spoken = [p for p in transcript.pieces if p.text.strip()]
-    return [{"id": i, "start": round(p.start, 3), "end": round(p.end, 3), "text": p.text} for i, p in enumerate(spoken)]
+    return [{"id": i, "start": _to_millisecond(p.start), "end": _to_millisecond(p.end), "text": p.text}
+            for i, p in enumerate(spoken)]
 
 
 def compression_ratio(text: str) -> float:

@@ -101,3 +101,27 @@ def test_verbose_json_fields() -> None:
     first = body["segments"][0]
     assert (first["start"], first["end"], first["seek"], first["temperature"]) == (0.0, 10.0, 0, 0.0)
     assert first["compression_ratio"] > 0
+
+
+def test_srt_vtt_and_json_round_every_time_the_same_way() -> None:
+    """04,228 in SRT against 04.229 in VTT for the same cue was a real difference: one rounding rule now."""
+    import random
+
+    from serve.formats import to_vtt
+
+    rng = random.Random(7)
+    starts = sorted([round(rng.uniform(0, 600), 6) for _ in range(200)] + [4.2286, 59.9996, 61.0004])
+    pieces = tuple(Piece(t, t + rng.uniform(0.3, 3.0), "word") for t in starts)
+    transcript = Transcript(pieces=pieces, duration=700.0)
+    srt_times = [line.split(" --> ") for line in to_srt(transcript).splitlines() if " --> " in line]
+    vtt_times = [line.split(" --> ") for line in to_vtt(transcript).splitlines() if " --> " in line]
+    assert len(srt_times) == len(vtt_times) == len(pieces)
+    assert [[t.replace(",", ".") for t in pair] for pair in srt_times] == vtt_times
+    starts_shown = {pair[0] for pair in srt_times}
+    assert {"00:00:04,229", "00:01:00,000", "00:01:01,000"} <= starts_shown  # the nearest millisecond, not cut
+
+    def seconds(stamp: str) -> float:
+        hours, minutes, rest = stamp.replace(",", ".").split(":")
+        return round(int(hours) * 3600 + int(minutes) * 60 + float(rest), 3)
+
+    assert [s["start"] for s in to_segments(transcript)] == [seconds(pair[0]) for pair in srt_times]
