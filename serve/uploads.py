@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 from urllib.parse import quote
 
+from anyascii import anyascii
 from flask import Request, current_app
 
 from .errors import EmptyFile, MissingFile
@@ -44,8 +45,12 @@ def download_name(filename: str, extension: str) -> str:
 
 
 def content_disposition(filename: str) -> str:
-    """An RFC 6266 attachment header: the UTF-8 name in ``filename*``, an ASCII stand-in in ``filename``."""
-    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
+    """An RFC 6266 attachment header: the UTF-8 name in ``filename*``, an ASCII stand-in in ``filename``.
+
+    The stand-in is what ``curl -OJ`` and older clients save: a transliteration (``會議記錄 2025.txt`` ->
+    ``HuiYiJiLu 2025.txt``), so that it stays recognisable and different names stay different, where
+    dropping the non-ASCII characters left ``2025.txt`` for every such file."""
+    ascii_name = anyascii(unicodedata.normalize("NFC", filename))
     ascii_name = re.sub(r'[^A-Za-z0-9._ -]', "_", ascii_name).strip()
     stem, dot, ext = ascii_name.rpartition(".")
     if not dot or not stem.strip("._ "):

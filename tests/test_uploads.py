@@ -31,8 +31,19 @@ def test_download_name_follows_the_upload(upload: str, expected: str) -> None:
 
 def test_content_disposition_keeps_unicode_names_intact() -> None:
     header = content_disposition("会议记录.txt")
-    assert header.startswith('attachment; filename="transcript.txt"; ')
+    assert header.startswith('attachment; filename="HuiYiJiLu.txt"; ')  # the ASCII stand-in: a transliteration
     encoded = header.split("filename*=UTF-8''", 1)[1]
     assert unquote(encoded) == "会议记录.txt"
     assert content_disposition("audio.txt") == 'attachment; filename="audio.txt"'
     assert content_disposition('a"b.txt').startswith('attachment; filename="a_b.txt"; filename*=')
+
+
+def test_non_ascii_names_get_distinct_recognisable_ascii_stand_ins() -> None:
+    """curl -OJ saves the ASCII name: 會議記錄 2025.mp3 and 訪談 2025.mp3 both became 2025.txt."""
+    def fallback(name: str) -> str:
+        return content_disposition(name).split('filename="', 1)[1].split('"', 1)[0]
+
+    assert fallback("會議記錄 2025.txt") == "HuiYiJiLu 2025.txt"
+    assert fallback("訪談 2025.txt") == "FangTan 2025.txt"
+    assert fallback("Привет.srt") == "Privet.srt" and fallback("café.vtt") == "cafe.vtt"
+    assert fallback("🎤.txt").endswith(".txt") and '"' not in fallback('說"明.txt')
