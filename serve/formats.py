@@ -155,6 +155,11 @@ def compression_ratio(text: str) -> float:
     return round(len(data) / len(zlib.compress(data)), 3) if data else 0.0
 
 
+def usage(transcript: Transcript) -> dict:
+    """OpenAI's duration usage: what a transcription costs is the audio's length."""
+    return {"type": "duration", "seconds": round(transcript.duration, 3)}
+
+
 def to_verbose_json(transcript: Transcript, *, language: str, temperature: float) -> dict:
     """OpenAI's ``verbose_json`` transcription object, with the real start and end of every segment.
 
@@ -171,4 +176,5 @@ def to_verbose_json(transcript: Transcript, *, language: str, temperature: float
              "compression_ratio": compression_ratio(segment["text"])}
             for segment in to_segments(transcript)
         ],
+        "usage": usage(transcript),
     }

@@ -166,8 +166,14 @@ class OpenAITranscribeForm(BaseModel):
     stream: Literal["true", "false"] = None  # type: ignore[assignment]
 
 
+class DurationUsage(BaseModel):
+    type: Literal["duration"]
+    seconds: float = Field(description="duration of the input audio")
+
+
 class OpenAITranscription(BaseModel):
     text: str
+    usage: DurationUsage
 
 
 class VerboseSegment(BaseModel):
@@ -186,6 +192,7 @@ class OpenAIVerboseTranscription(BaseModel):
     duration: float
     text: str
     segments: list[VerboseSegment]
+    usage: DurationUsage
 
 
 class Model(BaseModel):

@@ -101,6 +101,7 @@ def test_verbose_json_fields() -> None:
     first = body["segments"][0]
     assert (first["start"], first["end"], first["seek"], first["temperature"]) == (0.0, 10.0, 0, 0.0)
     assert first["compression_ratio"] > 0
+    assert body["usage"] == {"type": "duration", "seconds": 23.456}  # OpenAI's duration usage
 
 
 def test_srt_vtt_and_json_round_every_time_the_same_way() -> None:

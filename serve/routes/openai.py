@@ -111,7 +111,7 @@ def create_transcription():  # type: ignore[no-untyped-def]
     job = wait_for(submit_upload(saved_as, JobKind.SYNC, params))
     transcript = Transcript.from_dict(job.result or {"pieces": [], "duration": 0})
     if response_format == "json":
-        return jsonify(text=transcript.text)
+        return jsonify(text=transcript.text, usage=formats.usage(transcript))
     if response_format == "verbose_json":
         return jsonify(formats.to_verbose_json(transcript, language=params.language, temperature=params.temperature))
     renderer = {"text": formats.to_txt, "srt": formats.to_srt, "vtt": formats.to_vtt}[response_format]

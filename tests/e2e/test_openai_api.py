@@ -38,6 +38,7 @@ def test_json(client: openai.OpenAI, audio_dir: Path) -> None:
         result = client.audio.transcriptions.create(model="whisper-1", file=f, language="en",
                                                     prompt="Qwen, Omni", temperature=0.0)
     assert isinstance(result, openai.types.audio.Transcription) and result.text
+    assert result.usage is not None and result.usage.type == "duration" and result.usage.seconds > 0
 
 
 def test_text(client: openai.OpenAI, audio_dir: Path) -> None:
