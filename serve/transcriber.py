@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .audio import Segment, decode_segments
+from .audio import MIN_SEGMENT_SECONDS, Segment, decode_segments
 from .generation import GenerationOptions, instruction_for
 from .text import clean_transcript, join_pieces
 from .transcript import Piece, Transcript
@@ -112,7 +112,8 @@ class Transcriber:
                  resume: ResumePoint | None = None) -> Transcript:
         """Transcribe ``audio_path``; ``should_stop`` aborts (TranscriptionStopped), ``should_pause`` lets the
         segments in flight finish first (TranscriptionPaused); ``resume`` goes on where an earlier run stopped."""
-        total = math.ceil(expected_duration / params.segment_duration) if expected_duration else None
+        total = estimated_segments(expected_duration, params.segment_duration) if expected_duration else None
+        produced = 0  # segments the cutter has made so far
         resume = resume or ResumePoint()
         pieces: list[Piece] = list(resume.pieces)
         outstanding: deque[_Outstanding] = deque()
@@ -143,6 +144,7 @@ class Transcriber:
             for number, segment in enumerate(decode_segments(audio_path, params.segment_duration, self.scratch_dir),
                                              start=1):
                 duration = segment.cut_end
+                produced = number
                 if stopped():
                     raise TranscriptionStopped()
                 if should_pause is not None and should_pause():
@@ -162,12 +164,23 @@ class Transcriber:
                 finish_oldest()
             if paused:
                 raise TranscriptionPaused()
+            if progress is not None and produced and total != produced:
+                # The estimate was off (a duration from the container, not the samples): a finished file
+                # reports N of N.
+                progress(produced, produced, duration, None)
         finally:
             for entry in outstanding:
                 if entry.future is not None:
                     entry.future.cancel()
             lane.close()
         return Transcript(pieces=tuple(pieces), duration=duration)
+
+
+def estimated_segments(duration: float, segment_seconds: float) -> int:
+    """How many segments the cutter makes of ``duration`` seconds, at least: each is at most
+    ``segment_seconds`` long (cuts in pauses can come earlier, never later), and a tail shorter than
+    MIN_SEGMENT_SECONDS is dropped, so the estimate never exceeds the count."""
+    return max(1, math.ceil((duration - MIN_SEGMENT_SECONDS) / segment_seconds))
 
 
 def _wait(future: Future[list[str]], stopped: Callable[[], bool]) -> list[str]:

@@ -276,3 +276,24 @@ def test_an_unwritable_job_store_is_503_on_health_and_submit_until_it_recovers(m
     health = client.get("/health")  # its probe write works again
     assert health.status_code == 200 and health.get_json()["store"] == "ok"
     assert client.post("/transcribe/json", data=upload(audio_dir / "speech.wav")).status_code == 200
+
+
+def test_a_finished_job_reports_n_of_n_segments(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """2.03 s at 2 s segments: the cutter drops the 30 ms tail, so the file is one segment, not "1 of 2"."""
+    from tests.conftest import run_ffmpeg
+
+    audio = tmp_path / "just_over.wav"
+    run_ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2.03", "-ar", "16000", "-ac", "1", str(audio))
+    app = make_app()
+    client = app.test_client()
+    job_id = client.post("/transcribe/async", data=upload(audio, segment_duration="2")).get_json()["job_id"]
+    services_of(app).jobs.wait(job_id, 30)
+    progress = client.get(f"/status/{job_id}").get_json()["progress"]
+    assert progress["segments_done"] == progress["segments_total"] == 1
+
+
+def test_the_segment_estimate_never_exceeds_what_the_cutter_makes() -> None:
+    from serve.transcriber import estimated_segments
+
+    assert estimated_segments(60.03, 60) == 1 and estimated_segments(60.06, 60) == 2
+    assert estimated_segments(7.3, 2) == 4 and estimated_segments(0.01, 2) == 1
