@@ -64,6 +64,9 @@ class Settings(BaseSettings):
 
     # Model
     checkpoint_path: str = Field(DEFAULT_CHECKPOINT, description="hub id or local directory of the checkpoint")
+    served_model_name: str | None = Field(None, max_length=256, description="the model's id in the OpenAI API's "
+                                                                           "/v1/models (default: the checkpoint "
+                                                                           "folder's name)")
     local_model: bool = Field(False, description="resolve the checkpoint under the local models folder, never "
                                                  "touch the network")
     flash_attn2: bool = Field(False, description="use FlashAttention 2 when installed (else SDPA)")

@@ -66,6 +66,10 @@ class NotFound(APIError):
     code = "not_found"
 
 
+class ModelNotFound(NotFound):
+    code = "model_not_found"  # OpenAI's code for an unknown model id
+
+
 class Conflict(APIError):
     status = 409
     code = "conflict"

@@ -208,7 +208,7 @@ class ModelList(BaseModel):
 
 
 SCHEMAS = (Error, OpenAIError, Health, Transcription, Job, JobList, TranscribeForm, OpenAITranscribeForm,
-           OpenAITranscription, OpenAIVerboseTranscription, ModelList)
+           OpenAITranscription, OpenAIVerboseTranscription, Model, ModelList)
 
 _ERRORS = {
     "BadRequest": (400, "a bad parameter, or no file"),

@@ -142,3 +142,12 @@ def test_an_unreadable_key_file_stops_the_start(tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit):
         parse_args(["--api-key-file", str(tmp_path)])  # a folder, not a file
     assert "cannot read the key file" in capsys.readouterr().err
+
+
+def test_the_served_model_is_named_by_its_folder_never_its_path() -> None:
+    from serve.routes.openai import served_model_name
+
+    assert served_model_name(parse_args(["--checkpoint-path", "Qwen/Qwen2.5-Omni-7B-AWQ"])) == "Qwen2.5-Omni-7B-AWQ"
+    assert served_model_name(parse_args(["--checkpoint-path", "/home/me/models/omni-awq/"])) == "omni-awq"
+    named = parse_args(["--checkpoint-path", "/app/Qwen/x", "--served-model-name", "qwen-asr"])
+    assert served_model_name(named) == "qwen-asr"

@@ -1,4 +1,4 @@
-"""OpenAI-compatible audio API: POST /v1/audio/transcriptions and GET /v1/models.
+"""OpenAI-compatible audio API: POST /v1/audio/transcriptions, GET /v1/models and /v1/models/{id}.
 
 Clients built for OpenAI (the ``openai`` SDKs, LangChain, Open WebUI, subtitle tools) work unchanged with
 ``base_url=http://host:5000/v1``. Requests become the same jobs on the same queue as the native endpoints;
@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import PurePosixPath
 
 from flask import Blueprint, Response, jsonify, request
 
 from .. import formats
-from ..errors import InvalidParameter
+from ..config import Settings
+from ..errors import InvalidParameter, ModelNotFound
 from ..jobs import Job, JobKind, JobStatus
 from ..params import parse_params
 from ..services import services
@@ -29,8 +31,19 @@ STREAM_POLL_SECONDS = 0.1
 _STARTED = int(time.time())
 
 
-def _served_model() -> str:
-    return services().settings.checkpoint_path
+# Names that OpenAI clients hard-code: accepted in requests (as is any name) and by GET /v1/models/{id}.
+MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+
+
+def served_model_name(settings: Settings) -> str:
+    """--served-model-name, else the checkpoint folder's name: never a server path (which would also make a
+    broken /v1/models/{id} URL)."""
+    return settings.served_model_name or PurePosixPath(settings.checkpoint_path.replace("\\", "/").rstrip("/")).name \
+        or "qwen2.5-omni"
+
+
+def _model(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": _STARTED, "owned_by": "qwen"}
 
 
 @bp.get("/models")
@@ -48,8 +61,32 @@ def list_models():  # type: ignore[no-untyped-def]
         401: OpenAIUnauthorized
         429: OpenAIRateLimited
     """
-    return jsonify(object="list", data=[{"id": _served_model(), "object": "model", "created": _STARTED,
-                                         "owned_by": "qwen"}])
+    return jsonify(object="list", data=[_model(served_model_name(services().settings))])
+
+
+@bp.get("/models/<path:model_id>")
+def retrieve_model(model_id: str):  # type: ignore[no-untyped-def]
+    """One model by its id: the served model's name, or one of the aliases clients hard-code
+    ---
+    get:
+      summary: One model (the served one, or an alias such as whisper-1)
+      parameters:
+        - {name: model_id, in: path, required: true, schema: {type: string}}
+      responses:
+        200:
+          description: the model
+          content:
+            application/json:
+              schema: Model
+        401: OpenAIUnauthorized
+        404: OpenAINotFound
+        429: OpenAIRateLimited
+    """
+    served = served_model_name(services().settings)
+    if model_id not in (served, *MODEL_ALIASES):
+        raise ModelNotFound(f"no model {model_id!r}: this server serves {served!r} (and answers to "
+                            f"{', '.join(MODEL_ALIASES)})", param="model")
+    return jsonify(_model(model_id))
 
 
 def _options() -> tuple[str, bool]:

@@ -29,8 +29,15 @@ def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-local-test", max_retries=0)
 
 
-def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == [MODEL]
+def test_models_lists_the_served_model_and_retrieves_it_and_its_aliases(client: openai.OpenAI) -> None:
+    # The checkpoint folder's name, not the path the server reads it from.
+    assert [m.id for m in client.models.list()] == ["Qwen2.5-Omni-7B-AWQ"]
+    for name in ("Qwen2.5-Omni-7B-AWQ", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"):
+        model = client.models.retrieve(name)
+        assert model.id == name and model.object == "model" and model.owned_by == "qwen"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-3.5-turbo")
+    assert missing.value.body["code"] == "model_not_found" and "Qwen2.5-Omni-7B-AWQ" in missing.value.body["message"]
 
 
 def test_json(client: openai.OpenAI, audio_dir: Path) -> None:
