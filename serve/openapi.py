@@ -101,6 +101,8 @@ class Transcription(BaseModel):
     job_id: str
     filename: str
     duration: float = Field(description="seconds of audio")
+    language: str | None = Field(description="the ISO code the request named, else the one detected from the "
+                                             "transcript (null when there is too little text to tell)")
     segments: list[Segment]
     output_error: str | None = Field(None, description="why output_file could not be written (a full disk); the "
                                                        "transcript is still here and in GET /result")

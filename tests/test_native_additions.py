@@ -165,3 +165,12 @@ def test_concurrent_status_reads_during_progress_writes(make_app, audio_dir: Pat
         t.join()
     services_of(app).jobs.wait(job_id, 30)
     assert errors == []
+
+
+def test_native_json_names_the_language(client, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    named = client.post("/transcribe/json", data=form_upload(audio_dir / "tone.wav", language="zh")).get_json()
+    assert named["language"] == "zh"
+    detected = client.post("/transcribe/json", data=form_upload(audio_dir / "tone.wav")).get_json()
+    from serve.languages import LANGUAGES
+
+    assert detected["language"] is None or detected["language"] in LANGUAGES  # random text: any code, or null

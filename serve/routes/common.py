@@ -10,6 +10,7 @@ from flask import Response, send_file
 
 from .. import formats
 from ..jobs import Job, JobStatus
+from ..language_id import transcript_language
 from ..services import RENDERERS
 from ..transcript import Piece, Transcript
 from ..uploads import content_disposition, download_name
@@ -92,6 +93,8 @@ def transcript_json(job: Job) -> dict[str, Any]:
         "job_id": job.id,
         "filename": job.filename,
         "duration": round(transcript.duration, 3),
+        # The ISO code the request named, else the one detected from the text (null when unsure)
+        "language": transcript_language(job.params.get("language", "auto"), transcript.text),
         "segments": formats.to_segments(transcript),
         **({"output_error": job.output_error} if job.output_error else {}),
     }

@@ -18,6 +18,7 @@ from .. import formats
 from ..config import Settings
 from ..errors import InvalidParameter, ModelNotFound
 from ..jobs import Job, JobKind, JobStatus
+from ..language_id import openai_name, transcript_language
 from ..params import parse_params
 from ..services import services
 from ..text import separator
@@ -150,7 +151,8 @@ def create_transcription():  # type: ignore[no-untyped-def]
     if response_format == "json":
         return jsonify(text=transcript.text, usage=formats.usage(transcript))
     if response_format == "verbose_json":
-        return jsonify(formats.to_verbose_json(transcript, language=params.language, temperature=params.temperature))
+        language = openai_name(transcript_language(params.language, transcript.text))
+        return jsonify(formats.to_verbose_json(transcript, language=language, temperature=params.temperature))
     renderer = {"text": formats.to_txt, "srt": formats.to_srt, "vtt": formats.to_vtt}[response_format]
     mimetype = "text/vtt" if response_format == "vtt" else "text/plain"
     return Response(renderer(transcript), mimetype=mimetype)

@@ -72,9 +72,19 @@ def test_verbose_json_has_real_segment_times(client: openai.OpenAI, audio_dir: P
                                                     timestamp_granularities=["segment"], language="zh",
                                                     extra_body={"segment_duration": 2})
     assert isinstance(result, openai.types.audio.TranscriptionVerbose)
-    assert result.language == "zh" and result.duration == pytest.approx(7.3)
+    assert result.language == "chinese" and result.duration == pytest.approx(7.3)  # OpenAI's form of "zh"
     assert [(s.start, s.end) for s in result.segments] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 7.3)]
     assert result.text == join_pieces([s.text for s in result.segments])
+
+
+def test_verbose_json_reports_the_detected_language_when_none_is_named(client: openai.OpenAI,
+                                                                        audio_dir: Path) -> None:
+    from serve.languages import LANGUAGES
+
+    with open(audio_dir / "speech.wav", "rb") as f:
+        result = client.audio.transcriptions.create(model=MODEL, file=f, response_format="verbose_json")
+    # Random weights write random text: whatever language it reads as, never "auto".
+    assert result.language in {name.lower() for name in LANGUAGES.values()} | {"unknown"}
 
 
 def test_streaming_sends_each_segment_as_it_finishes(client: openai.OpenAI, audio_dir: Path) -> None:
