@@ -161,6 +161,10 @@ class QwenOmniEngine:
         # every segment would run to max_new_tokens (QwenLM/Qwen2.5-Omni#371).
         self._stop_ids = [end_of_turn_id, end_of_text_id]
         self._pad_id = end_of_text_id
+        # What ends a row of the compiled pass for good: its end tokens, or a degenerate audio placeholder
+        # (the eager continuation would look for audio features for it).
+        self._no_continuation_ids = [*self._stop_ids, audio_id, *(
+            [model.config.audio_start_token_id] if getattr(model.config, "audio_start_token_id", None) else [])]
         self._max_positions = model.config.text_config.max_position_embeddings
         self._chat_template = chat_template
         self._prompts: dict[str, str] = {}
@@ -354,20 +358,14 @@ class QwenOmniEngine:
         rows, prompt_tokens = inputs["input_ids"].shape
         padded = {name: _pad_rows(tensor, plan.batch) for name, tensor in inputs.items()}
         config = copy.deepcopy(generation_config)
-        for key, value in self.compiled.settings().items():
-            setattr(config, key, value)
-        config.max_new_tokens = min(generation_config.max_new_tokens, plan.new_tokens)
+        config.update(**self.compiled.settings(), max_new_tokens=min(generation_config.max_new_tokens,
+                                                                     plan.new_tokens))
         output = self.model.generate(**padded, past_key_values=self.compiled.cache_for(plan),
                                      generation_config=config)[:rows]
         del padded
         generated = output[:, prompt_tokens:]
         remaining = generation_config.max_new_tokens - generated.shape[1]
-        ended = torch.isin(generated, torch.tensor(self._stop_ids, device=generated.device)).any(dim=1)
-        # A degenerate row that emitted an audio placeholder cannot be a prompt again (the continuation would
-        # look for audio features for it): it ends where it is.
-        audio_ids = [i for i in (self.model.config.audio_token_id,
-                                 getattr(self.model.config, "audio_start_token_id", None)) if i is not None]
-        ended |= torch.isin(generated, torch.tensor(audio_ids, device=generated.device)).any(dim=1)
+        ended = torch.isin(generated, torch.tensor(self._no_continuation_ids, device=generated.device)).any(dim=1)
         going_on = (~ended).nonzero().flatten()
         if remaining <= 0 or len(going_on) == 0:
             return generated
@@ -410,9 +408,7 @@ class QwenOmniEngine:
         config = self._generation_config(GenerationOptions(max_new_tokens=max_new_tokens, temperature=0.0),
                                          prompt_tokens)
         # A few decode steps per bucket: CUDA graph trees run a new graph once, then record it, then replay.
-        config.min_new_tokens = config.max_new_tokens = 4
-        for key, value in compiled.settings().items():
-            setattr(config, key, value)
+        config.update(**compiled.settings(), min_new_tokens=4, max_new_tokens=4)
         with self._lock, torch.inference_mode():
             try:
                 for bucket in batch_buckets(batch_size):
