@@ -60,7 +60,7 @@ def generate(engine: QwenOmniEngine, audio: np.ndarray, tokens: int, mode: str) 
             if engine.compiled is None:
                 engine.compile_decode(1, len(audio) / SAMPLE_RATE, 8192)
             plan = engine.compiled.plan(1, prompt_tokens, len(audio) / SAMPLE_RATE, 8192)
-            output = engine._generate_compiled(inputs, config, plan)
+            output = engine._generate_compiled(inputs, config, plan)[0]
         else:
             if mode == "static":
                 config.cache_implementation = "static"

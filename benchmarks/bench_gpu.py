@@ -134,7 +134,7 @@ def forced_generate(engine: QwenOmniEngine, clips: list[np.ndarray], new_tokens:
         plan = engine.compiled.plan(len(clips), prompt_tokens, max(len(c) for c in clips) / 16000, 8192)
 
         def generate(generation_config):  # type: ignore[no-untyped-def]
-            return engine._generate_compiled(inputs, generation_config, plan)
+            return engine._generate_compiled(inputs, generation_config, plan)[0]
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         sync()
