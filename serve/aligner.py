@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from transformers.models.qwen3_asr.processing_qwen3_asr import FORCED_ALIGNER_LA
 from .audio import SAMPLE_RATE
 from .engine import pick_device, pick_dtype
 from .languages import LANGUAGES
+from .transcript import Word
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,6 @@ class AlignerLoadError(Exception):
 
 class AlignmentUnavailable(Exception):
     """The aligner cannot align this language here; cue times keep the segment-level method."""
-
-
-@dataclass(frozen=True)
-class AlignedWord:
-    word: str
-    start: float  # seconds from the clip's start
-    end: float
 
 
 class ForcedAligner:
@@ -99,8 +92,13 @@ class ForcedAligner:
             return f"aligning {name} needs the {needed} package, which is not installed"
         return None
 
-    def align(self, clips: list[np.ndarray], texts: list[str], language: str = "auto") -> list[list[AlignedWord]]:
-        """The words of each text with their times in its clip, in order, inside the clip, never going back.
+    def memory_bytes(self) -> int:
+        """What the weights take (on the device they are on)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters()) if self.model is not None else 0
+
+    def align(self, clips: list[np.ndarray], texts: list[str], language: str = "auto") -> list[list[Word]]:
+        """The words of each text with their times in its clip (seconds), in order, inside the clip, never
+        going back.
 
         Texts with nothing to align (empty, punctuation only) give no words and are not sent to the model.
         Raises AlignmentUnavailable for a language the aligner cannot take, ValueError for a clip longer
@@ -112,7 +110,7 @@ class ForcedAligner:
         if reason:
             raise AlignmentUnavailable(reason)
         name = None if language == "auto" else LANGUAGES[language]
-        results: list[list[AlignedWord]] = [[] for _ in texts]
+        results: list[list[Word]] = [[] for _ in texts]
         todo = [i for i, text in enumerate(texts) if self.processor.split_words_for_alignment(text, name)]
         for i in todo:
             if len(clips[i]) / SAMPLE_RATE > MAX_SECONDS:
@@ -144,14 +142,14 @@ class ForcedAligner:
             torch.cuda.empty_cache()
 
 
-def _inside(words: list[dict], duration: float) -> list[AlignedWord]:
+def _inside(words: list[dict], duration: float) -> list[Word]:
     """The processor's words, their times held inside [0, duration] and never going back (a time past the
     clip's end means the model lost the word: it ends where the clip does)."""
-    out: list[AlignedWord] = []
+    out: list[Word] = []
     floor = 0.0
     for word in words:
         start = min(max(float(word["start_time"]), floor), duration)
         end = min(max(float(word["end_time"]), start), duration)
-        out.append(AlignedWord(word["text"], round(start, 3), round(end, 3)))
+        out.append(Word(word["text"], round(start, 3), round(end, 3)))
         floor = end
     return out

@@ -2,8 +2,9 @@
 
 :class:`BatchRunner` owns a loaded engine. It takes what the :class:`~serve.scheduler.FairScheduler` hands
 out (up to ``batch_size`` segments with the same generation settings, from every running job) and runs it
-as one ``generate`` call, each sequence stopping at its own end token. Out of memory, a batch is run again
-one segment at a time, and a segment that does not fit alone is transcribed in two halves.
+as one ``generate`` call, each sequence stopping at its own end token; a batch that asks for word times is
+then aligned, on the same thread (:mod:`serve.word_alignment`). Out of memory, a batch is run again one
+segment at a time, and a segment that does not fit alone is transcribed in two halves.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
-from .generation import EngineOutOfMemory, GenerationOptions
+from .generation import EngineOutOfMemory, GenerationOptions, SegmentResult
 from .scheduler import FairScheduler, SegmentRequest
+from .word_alignment import AlignerSlot
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ GATHER_SECONDS = 0.005
 
 
 class BatchEngine(Protocol):
-    def transcribe_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[str]: ...
+    def generate_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[SegmentResult]: ...
     def close(self) -> None: ...
 
 
@@ -41,9 +43,11 @@ class SegmentOutOfMemory(Exception):
 
 class BatchRunner:
     def __init__(self, engine: BatchEngine, batch_size: int, scheduler: FairScheduler,
-                 gather_seconds: float = GATHER_SECONDS, prepare: Callable[[], None] | None = None) -> None:
+                 gather_seconds: float = GATHER_SECONDS, prepare: Callable[[], None] | None = None,
+                 aligner: AlignerSlot | None = None) -> None:
         """``prepare`` runs first, on the runner's thread (compiled decode's warm-up: CUDA graphs belong to
-        the thread that records them); the runner is returned once it has."""
+        the thread that records them); the runner is returned once it has. ``aligner``: the forced aligner
+        for batches that ask for word times, used (and loaded) on this thread only, closed with the engine."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.engine = engine
@@ -54,6 +58,7 @@ class BatchRunner:
         self.batches_run = 0
         self.largest_batch = 0
         self._prepare = prepare
+        self.aligner = aligner
         self._prepared = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batch-runner", daemon=True)
         self._thread.start()
@@ -77,6 +82,8 @@ class BatchRunner:
         try:
             self._serve()
         finally:
+            if self.aligner is not None:
+                self.aligner.close()
             self.engine.close()  # on this thread, which owns the engine's per-thread state (CUDA graphs)
 
     def _serve(self) -> None:
@@ -98,35 +105,48 @@ class BatchRunner:
             del batch  # the segments' audio goes with their requests
 
     def _run(self, batch: list[SegmentRequest]) -> None:
-        texts: list[str] | None = None
+        outcomes = self._generate(batch)
+        language = batch[0].options.align
+        if language is not None:
+            done = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, SegmentResult)]
+            if done:
+                aligned = self._align([batch[i].samples for i in done], [outcomes[i] for i in done], language)
+                for i, result in zip(done, aligned, strict=True):
+                    outcomes[i] = result
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
+
+    def _align(self, clips: list, results: list, language: str) -> list[SegmentResult]:  # type: ignore[type-arg]
+        if self.aligner is None:
+            return [result.aligned(None, "no word times: this model's process has no aligner") for result in results]
+        return self.aligner.align(clips, results, language)
+
+    def _generate(self, batch: list[SegmentRequest]) -> list[SegmentResult | BaseException]:
+        results: list[SegmentResult] | None = None
         try:
-            texts = self.engine.transcribe_batch([r.samples for r in batch], batch[0].options)  # type: ignore[misc]
+            results = self.engine.generate_batch([r.samples for r in batch], batch[0].options)  # type: ignore[misc]
         except EngineOutOfMemory:
             pass  # retried below, outside this block: the exception's traceback holds the failed attempt's tensors
         except Exception as exc:  # the callers' jobs fail; the runner goes on
-            for request in batch:
-                request.future.set_exception(exc)
-            return
-        if texts is not None:
-            for request, text in zip(batch, texts, strict=True):
-                request.future.set_result([text])
-        elif len(batch) == 1:
-            self._run_in_halves(batch[0])
-        else:
-            log.warning("out of memory on a batch of %d: running its segments one by one", len(batch))
-            for request in batch:
-                self._run([request])
+            return [exc] * len(batch)
+        if results is not None:
+            return list(results)
+        if len(batch) == 1:
+            return [self._generate_in_halves(batch[0])]
+        log.warning("out of memory on a batch of %d: running its segments one by one", len(batch))
+        return [self._generate([request])[0] for request in batch]
 
-    def _run_in_halves(self, request: SegmentRequest) -> None:
+    def _generate_in_halves(self, request: SegmentRequest) -> SegmentResult | BaseException:
         # Alone it did not fit: the smaller input is half a segment.
         log.warning("out of memory at %.1f-%.1f s: retrying in two halves", request.start, request.end)
         try:
-            parts = [self.engine.transcribe_batch([half], request.options)[0]
-                     for half in np.array_split(request.samples, 2)]  # type: ignore[arg-type]
+            halves = [self.engine.generate_batch([half], request.options)[0]
+                      for half in np.array_split(request.samples, 2)]  # type: ignore[arg-type]
         except EngineOutOfMemory:
-            request.future.set_exception(SegmentOutOfMemory(request.start, request.end))
-            return
+            return SegmentOutOfMemory(request.start, request.end)
         except Exception as exc:
-            request.future.set_exception(exc)
-            return
-        request.future.set_result(parts)
+            return exc
+        return SegmentResult.joined(halves)

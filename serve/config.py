@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, max_length=256, description="the model's id in the OpenAI API's "
                                                                            "/v1/models (default: the checkpoint "
                                                                            "folder's name)")
+    aligner_path: str | None = Field(None, description="word timestamps: a Qwen3-ForcedAligner checkpoint (hub id "
+                                                      "Qwen/Qwen3-ForcedAligner-0.6B-hf, or a local folder), "
+                                                      "found or downloaded like --checkpoint-path and loaded "
+                                                      "beside the model on first use; off when unset")
     local_model: bool = Field(False, description="resolve the checkpoint under the local models folder, never "
                                                  "touch the network")
     flash_attn2: bool = Field(False, description="use FlashAttention 2 when installed (else SDPA)")

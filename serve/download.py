@@ -36,18 +36,28 @@ def ensure_checkpoint(argv: list[str]) -> Path | None:
     settings = parse_args(server_flags(argv))
     if settings.role == "api":
         return None
+    return _ensure(settings.checkpoint_path, settings.models_dir, "about 11 GB for Qwen2.5-Omni-7B-AWQ")
+
+
+def ensure_aligner(argv: list[str]) -> Path | None:
+    """The same for the forced aligner of --aligner-path (None when word timestamps are off, or in the API role)."""
+    settings = parse_args(server_flags(argv))
+    if settings.role == "api" or not settings.aligner_path:
+        return None
+    return _ensure(settings.aligner_path, settings.models_dir, "about 1.8 GB for Qwen3-ForcedAligner-0.6B")
+
+
+def _ensure(checkpoint: str, models_dir: Path, size: str) -> Path:
     try:
-        return resolve_checkpoint(settings.checkpoint_path, local_only=True, models_dir=settings.models_dir,
-                                  app_dir=APP_DIR)
+        return resolve_checkpoint(checkpoint, local_only=True, models_dir=models_dir, app_dir=APP_DIR)
     except CheckpointNotFound:
-        if Path(settings.checkpoint_path).is_absolute():
+        if Path(checkpoint).is_absolute():
             raise
     from huggingface_hub import snapshot_download
 
-    target = settings.models_dir / Path(settings.checkpoint_path).name
-    log.info("downloading %s into %s (about 11 GB for Qwen2.5-Omni-7B-AWQ; only on the first start)",
-             settings.checkpoint_path, target)
-    snapshot_download(repo_id=settings.checkpoint_path, local_dir=target)
+    target = models_dir / Path(checkpoint).name
+    log.info("downloading %s into %s (%s; only on the first start)", checkpoint, target, size)
+    snapshot_download(repo_id=checkpoint, local_dir=target)
     return target
 
 
@@ -58,14 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         build_parser().print_help()
         return 0
-    try:
-        path = ensure_checkpoint(argv)
-    except Exception as exc:  # report, do not crash-loop with a traceback
-        log.error("could not get the checkpoint: %s", exc)
-        return 1
-    if path is not None:
-        log.info("checkpoint ready at %s", path)
-    return 0
+    status = 0
+    for what, ensure in (("checkpoint", ensure_checkpoint), ("aligner", ensure_aligner)):
+        try:
+            path = ensure(argv)
+        except Exception as exc:  # report, do not crash-loop with a traceback
+            log.error("could not get the %s: %s", what, exc)
+            status = 1
+            continue
+        if path is not None:
+            log.info("%s ready at %s", what, path)
+    return status
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from transformers import (
     AutoConfig,
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessorList,
     Qwen2_5OmniThinkerForConditionalGeneration,
     WhisperFeatureExtractor,
 )
@@ -33,7 +34,8 @@ from . import awq, compiled_decode
 from . import low_vram as low_vram_mode
 from .audio import SAMPLE_RATE
 from .compiled_decode import CompiledDecoder, DecodePlan, batch_buckets
-from .generation import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, EngineOutOfMemory, GenerationOptions
+from .generation import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, EngineOutOfMemory, GenerationOptions, SegmentResult
+from .token_scores import TokenScores, row_scores
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +324,11 @@ class QwenOmniEngine:
 
     def transcribe_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[str]:
         """Raw transcripts of several segments, generated together (each stops at its own end token)."""
+        return [result.parts[0] for result in self.generate_batch(batch, options)]
+
+    def generate_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[SegmentResult]:
+        """Several segments generated together (each stops at its own end token): the raw text of each,
+        with its token ids and their scores (:mod:`serve.token_scores`)."""
         clips = [np.asarray(samples, dtype=np.float32) for samples in batch]
         with torch.inference_mode():  # inference tensors throughout: a compiled step guards on that too
             inputs = self._inputs(clips, options.instruction)
@@ -335,9 +342,13 @@ class QwenOmniEngine:
                     seconds = max(len(clip) for clip in clips) / SAMPLE_RATE
                     plan = self.compiled.plan(len(clips), prompt_tokens, seconds, generation_config.max_new_tokens)
                 if plan is None:
-                    generated = self.model.generate(**inputs, generation_config=generation_config)[:, prompt_tokens:]
+                    scores = TokenScores(self._stop_ids)
+                    generated = self.model.generate(**inputs, generation_config=generation_config,
+                                                    logits_processor=LogitsProcessorList([scores]))[:, prompt_tokens:]
+                    log_probs, end_at_once = scores.log_probs(generated), scores.end_at_once
                 else:
-                    generated = self._generate_compiled(inputs, generation_config, plan)
+                    generated, log_probs, end_at_once = self._generate_compiled(inputs, generation_config, plan)
+                rows = row_scores(generated, log_probs, end_at_once, self._stop_ids)
         except torch.OutOfMemoryError as exc:
             out_of_memory = str(exc).splitlines()[0] if str(exc) else "out of memory"
         if out_of_memory is not None:
@@ -349,26 +360,32 @@ class QwenOmniEngine:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise EngineOutOfMemory(out_of_memory)
-        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [SegmentResult(parts=(text,), tokens=tuple(row.tokens), avg_logprob=row.avg_logprob,
+                              no_speech_prob=row.no_speech_prob) for text, row in zip(texts, rows, strict=True)]
 
     def _generate_compiled(self, inputs: dict[str, torch.Tensor], generation_config: GenerationConfig,
-                           plan: DecodePlan) -> torch.Tensor:
+                           plan: DecodePlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generated tokens [rows, n] from the compiled pass, and for rows that spent its budget without
-        ending (and may go on), from an eager continuation; rows end in padding as ``generate`` pads them."""
+        ending (and may go on), from an eager continuation; rows end in padding as ``generate`` pads them.
+        With them, each token's log-probability [rows, n] and each row's probability of ending at once."""
         rows, prompt_tokens = inputs["input_ids"].shape
         padded = {name: _pad_rows(tensor, plan.batch) for name, tensor in inputs.items()}
         config = copy.deepcopy(generation_config)
         config.update(**self.compiled.settings(), max_new_tokens=min(generation_config.max_new_tokens,
                                                                      plan.new_tokens))
+        scores = TokenScores(self._stop_ids)
         output = self.model.generate(**padded, past_key_values=self.compiled.cache_for(plan),
-                                     generation_config=config)[:rows]
+                                     generation_config=config, logits_processor=LogitsProcessorList([scores]))
+        output = output[:rows]
         del padded
         generated = output[:, prompt_tokens:]
+        log_probs, end_at_once = scores.log_probs(output[:, prompt_tokens:])[:rows], scores.end_at_once[:rows]
         remaining = generation_config.max_new_tokens - generated.shape[1]
         ended = torch.isin(generated, torch.tensor(self._no_continuation_ids, device=generated.device)).any(dim=1)
         going_on = (~ended).nonzero().flatten()
         if remaining <= 0 or len(going_on) == 0:
-            return generated
+            return generated, log_probs, end_at_once
         # The prompt and what the compiled pass generated become the continuation's prompt (its prefill
         # recomputes their cache); the repetition penalty sees the same tokens as on the eager path.
         more = {
@@ -380,12 +397,16 @@ class QwenOmniEngine:
         }
         config = copy.deepcopy(generation_config)
         config.max_new_tokens = remaining
-        continued = self.model.generate(**more, generation_config=config)[:, output.shape[1]:]
+        more_scores = TokenScores(self._stop_ids)
+        continued = self.model.generate(**more, generation_config=config,
+                                        logits_processor=LogitsProcessorList([more_scores]))[:, output.shape[1]:]
         log.info("%d of %d rows spent the compiled budget of %d tokens and went on eagerly (%d more at most)",
                  len(going_on), rows, plan.new_tokens, remaining)
         tail = torch.full((rows, continued.shape[1]), self._pad_id, dtype=generated.dtype, device=generated.device)
         tail[going_on] = continued
-        return torch.cat([generated, tail], dim=1)
+        tail_log_probs = torch.zeros(rows, continued.shape[1], device=log_probs.device)
+        tail_log_probs[going_on] = more_scores.log_probs(continued).to(log_probs.device)
+        return torch.cat([generated, tail], dim=1), torch.cat([log_probs, tail_log_probs], dim=1), end_at_once
 
     def compile_decode(self, batch_size: int, segment_seconds: float, max_new_tokens: int, *,
                        cache_dir: Path | None = None) -> float:

@@ -5,9 +5,11 @@ them without loading the model's libraries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .languages import LANGUAGES
+from .transcript import Word
 
 # The model authors' ASR recipe (Qwen2.5-Omni cookbook "universal audio understanding"): a fixed system
 # prompt and an instruction naming the language; punctuation is kept (subtitles need it).
@@ -46,3 +48,62 @@ class GenerationOptions:
     temperature: float = 0.1  # 0 = greedy
     repetition_penalty: float = 1.1
     instruction: str = DEFAULT_INSTRUCTION
+    # After generating, align the transcript's words to the audio in this language (an ISO code of
+    # serve.languages, or "auto"); None: no word times.
+    align: str | None = None
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What the model path returns for one segment.
+
+    ``parts``: the raw text, in one part (two when the segment was split to fit in memory). ``tokens``: the
+    generated ids (the end token excluded), ``avg_logprob`` their mean log-probability with the end token,
+    ``no_speech_prob`` the probability that the model ended at once; the scores are the model's after the
+    repetition penalty, before temperature (as Whisper reports them). ``words``: the aligned words, in
+    seconds from the segment's start, of the cleaned text before OpenCC (None: not aligned;
+    ``alignment_note`` says why when it was asked for).
+    """
+
+    parts: tuple[str, ...]
+    tokens: tuple[int, ...] | None = None
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    words: tuple[Word, ...] | None = None
+    alignment_note: str | None = None
+
+    @classmethod
+    def joined(cls, results: list[SegmentResult]) -> SegmentResult:
+        """One result of a segment generated in parts (the halves of an out-of-memory retry)."""
+        if len(results) == 1:
+            return results[0]
+        scored = all(r.tokens is not None and r.avg_logprob is not None for r in results)
+        tokens = tuple(t for r in results for t in (r.tokens or ())) if scored else None
+        weights = [len(r.tokens or ()) + 1 for r in results]  # + the end token, as in avg_logprob
+        return cls(
+            parts=tuple(p for r in results for p in r.parts),
+            tokens=tokens,
+            avg_logprob=sum(w * r.avg_logprob for w, r in zip(weights, results, strict=True)) / sum(weights)  # type: ignore[misc]
+            if scored else None,
+            # The segment is silent only if every part is: the least of the parts' probabilities.
+            no_speech_prob=min(r.no_speech_prob for r in results if r.no_speech_prob is not None)
+            if any(r.no_speech_prob is not None for r in results) else None,
+        )
+
+    def aligned(self, words: tuple[Word, ...] | None, note: str | None = None) -> SegmentResult:
+        return replace(self, words=words, alignment_note=note)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the scale-out workers' results in Redis)."""
+        return {"parts": list(self.parts), "tokens": None if self.tokens is None else list(self.tokens),
+                "avg_logprob": self.avg_logprob, "no_speech_prob": self.no_speech_prob,
+                "words": None if self.words is None else [w.to_dict() for w in self.words],
+                "alignment_note": self.alignment_note}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentResult:
+        tokens, words = data.get("tokens"), data.get("words")
+        return cls(parts=tuple(data["parts"]), tokens=None if tokens is None else tuple(tokens),
+                   avg_logprob=data.get("avg_logprob"), no_speech_prob=data.get("no_speech_prob"),
+                   words=None if words is None else tuple(Word(w["word"], w["start"], w["end"]) for w in words),
+                   alignment_note=data.get("alignment_note"))

@@ -18,17 +18,35 @@ from .audio import Segment
 from .batching import BatchRunner
 from .checkpoint import resolve_checkpoint
 from .config import APP_DIR, Settings
-from .generation import GenerationOptions
+from .generation import GenerationOptions, SegmentResult
 from .model_manager import ModelManager
 from .scheduler import FairScheduler, Flow
+from .word_alignment import Aligner, AlignerSlot
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "Qwen2.5-Omni thinker"
 
 
-def engine_loader(settings: Settings, scheduler: FairScheduler) -> Callable[[], BatchRunner]:
-    """Load the checkpoint the settings name and start a runner taking batches from ``scheduler``."""
+def aligner_loader(settings: Settings) -> Callable[[], Aligner] | None:
+    """How to load the forced aligner --aligner-path names (None: word times are off)."""
+    if not settings.aligner_path:
+        return None
+    path = settings.aligner_path
+
+    def load() -> Aligner:
+        from .aligner import ForcedAligner  # torch and transformers, only where a model is loaded
+
+        checkpoint = resolve_checkpoint(path, local_only=settings.local_model, models_dir=settings.models_dir,
+                                        app_dir=APP_DIR)
+        return ForcedAligner.load(checkpoint, device=settings.device)
+
+    return load
+
+
+def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: AlignerSlot) -> Callable[[], BatchRunner]:
+    """Load the checkpoint the settings name and start a runner taking batches from ``scheduler`` (and using
+    ``aligner`` for word times)."""
 
     def load() -> BatchRunner:
         from .engine import QwenOmniEngine  # torch and transformers, only where a model is loaded
@@ -49,7 +67,8 @@ def engine_loader(settings: Settings, scheduler: FairScheduler) -> Callable[[], 
             except Exception:  # a compiler that fails here (a missing toolchain, memory) must not cost the model
                 log.exception("compiled decode failed at load: generating on the default (eager) path")
 
-        return BatchRunner(engine, batch_size, scheduler, prepare=compile_decode if settings.compiled_decode else None)
+        return BatchRunner(engine, batch_size, scheduler, prepare=compile_decode if settings.compiled_decode else None,
+                           aligner=aligner)
 
     return load
 
@@ -76,7 +95,7 @@ class _LocalLane:
         self._held = ExitStack()
         self._runner: BatchRunner | None = None
 
-    def submit(self, segment: Segment, options: GenerationOptions) -> Future[list[str]]:
+    def submit(self, segment: Segment, options: GenerationOptions) -> Future[SegmentResult]:
         if self._runner is None:
             self._runner = self._held.enter_context(self._destination.models.use())
         return self._destination.scheduler.submit(self._flow, segment.samples, options, start=segment.start,

@@ -44,6 +44,15 @@ class _LiveState(Collector):
         yield CounterMetricFamily(f"{PREFIX}_model_loads", "Times the model was loaded", value=s.models.load_count)
         yield CounterMetricFamily(f"{PREFIX}_model_unloads", "Times the model was unloaded",
                                   value=s.models.unload_count)
+        if s.aligner is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_aligner_loaded", "1 when the forced aligner is in memory",
+                                    value=1 if s.aligner.loaded else 0)
+            yield GaugeMetricFamily(f"{PREFIX}_aligner_memory_bytes", "Memory the forced aligner's weights take",
+                                    value=s.aligner.memory_bytes())
+            yield CounterMetricFamily(f"{PREFIX}_aligned_segments", "Segments the forced aligner was asked to time",
+                                      value=s.aligner.segments_aligned)
+            yield CounterMetricFamily(f"{PREFIX}_alignment_seconds", "Time spent aligning words",
+                                      value=s.aligner.align_seconds)
         if s.cluster is not None:
             yield from _worker_metrics(s.models.live_workers())
         allocated, reserved = gpu_memory_bytes(s.settings.device)

@@ -82,6 +82,22 @@ class Health(BaseModel):
     workers: list[Worker] | None = Field(None, description="scale-out: the live workers")
     store: str = Field(description='the job store: "ok", or why it cannot be written (then status is unavailable)')
     shutting_down: bool = Field(description="the server is stopping: it takes no new work")
+    aligner: AlignerState
+
+
+class AlignerState(BaseModel):
+    """The forced aligner for word timestamps (--aligner-path); in the scale-out API role, configured only."""
+
+    configured: bool
+    loaded: bool | None = None
+    memory_gb: float | None = None
+    error: str | None = Field(None, description="why the last load failed (retried a minute later)")
+
+
+class TimedWord(BaseModel):
+    word: str
+    start: float = Field(description="seconds in the file")
+    end: float
 
 
 class Segment(BaseModel):
@@ -89,6 +105,7 @@ class Segment(BaseModel):
     start: float = Field(description="seconds: where the speech of this segment starts")
     end: float
     text: str
+    words: list[TimedWord] | None = Field(None, description="the words with their times (word_timestamps)")
 
 
 class Transcription(BaseModel):
@@ -104,6 +121,7 @@ class Transcription(BaseModel):
     language: str | None = Field(description="the ISO code the request named, else the one detected from the "
                                              "transcript (null when there is too little text to tell)")
     segments: list[Segment]
+    word_timestamps_note: str | None = Field(None, description="why some segments have no word times")
     output_error: str | None = Field(None, description="why output_file could not be written (a full disk); the "
                                                        "transcript is still here and in GET /result")
 
@@ -156,6 +174,7 @@ class TranscribeForm(BaseModel):
     language: Literal["auto", *LANGUAGES] = None  # type: ignore[valid-type, assignment]
     prompt: str = Field(None, max_length=1000)  # type: ignore[assignment]
     opencc: Literal[OPENCC_CONFIGS] = None  # type: ignore[valid-type, assignment]
+    word_timestamps: Literal["true", "false", "1", "0", "yes", "no", "on", "off"] = None  # type: ignore[assignment]
 
 
 class OpenAITranscribeForm(BaseModel):
@@ -166,6 +185,8 @@ class OpenAITranscribeForm(BaseModel):
     response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = None  # type: ignore[assignment]
     temperature: float = Field(None, ge=0, le=2)  # type: ignore[assignment]
     stream: Literal["true", "false"] = None  # type: ignore[assignment]
+    timestamp_granularities: list[Literal["segment", "word"]] = Field(  # type: ignore[assignment]
+        None, alias="timestamp_granularities[]", description="word: needs --aligner-path and verbose_json (or srt/vtt)")
 
 
 class DurationUsage(BaseModel):
@@ -184,6 +205,9 @@ class VerboseSegment(BaseModel):
     start: float
     end: float
     text: str
+    tokens: list[int] = Field(None, description="the generated token ids")  # type: ignore[assignment]
+    avg_logprob: float = Field(None, description="their mean log-probability")  # type: ignore[assignment]
+    no_speech_prob: float = Field(None, description="the model's probability of ending at once")  # type: ignore[assignment]
     temperature: float
     compression_ratio: float
 
@@ -194,6 +218,8 @@ class OpenAIVerboseTranscription(BaseModel):
     duration: float
     text: str
     segments: list[VerboseSegment]
+    words: list[TimedWord] | None = None
+    word_timestamps_note: str | None = None
     usage: DurationUsage
 
 

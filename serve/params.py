@@ -97,9 +97,27 @@ def parse_prompt(form: Mapping[str, str]) -> str:
     return prompt
 
 
-def parse_params(form: Mapping[str, str], defaults: Settings) -> TranscriptionParams:
+def parse_word_timestamps(form: Mapping[str, str], defaults: Settings, *, align_by_default: bool,
+                          asked: bool | None = None) -> tuple[bool, bool]:
+    """(align the words, show them): ``word_timestamps`` (or ``asked``, the OpenAI API's granularities) asks
+    for both and needs the aligner; without it, words are aligned where the answer's times use them
+    (``align_by_default``: subtitles, async jobs) when the server has an aligner."""
+    wanted = _boolean(form, "word_timestamps", False) if _given(form, "word_timestamps") is not None else asked
+    if wanted and not defaults.aligner_path:
+        name = "timestamp_granularities[]" if asked else "word_timestamps"
+        raise InvalidParameter("word timestamps need the forced aligner: start the server with --aligner-path "
+                               "(e.g. Qwen/Qwen3-ForcedAligner-0.6B-hf; env QWEN_OMNI_ALIGNER_PATH)", param=name)
+    if wanted is None:
+        return bool(defaults.aligner_path) and align_by_default, False
+    return wanted, wanted
+
+
+def parse_params(form: Mapping[str, str], defaults: Settings, *, align_by_default: bool = False,
+                 words_asked: bool | None = None) -> TranscriptionParams:
     """The request's parameters, each falling back to the server's default when absent or empty."""
     enable_s2t = _boolean(form, "enable_s2t", False)
+    align_words, word_timestamps = parse_word_timestamps(form, defaults, align_by_default=align_by_default,
+                                                         asked=words_asked)
     opencc = _choice(form, "opencc", OPENCC_CONFIGS, defaults.opencc_config if enable_s2t else None)
     return TranscriptionParams(
         segment_duration=_number(form, "segment_duration", defaults.segment_duration,
@@ -112,4 +130,6 @@ def parse_params(form: Mapping[str, str], defaults: Settings) -> TranscriptionPa
         language=parse_language(form),
         prompt=parse_prompt(form),
         opencc=opencc,
+        align_words=align_words,
+        word_timestamps=word_timestamps,
     )

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .generation import GenerationOptions
+from .generation import GenerationOptions, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ ASYNC_SLOT_EVERY = 5
 
 @dataclass(eq=False)
 class SegmentRequest:
-    """One segment waiting for the model; its future gets the segment's raw text, in one or more parts."""
+    """One segment waiting for the model; its future gets the segment's result (raw text, scores, words)."""
 
     flow: Flow
     samples: np.ndarray | None
@@ -53,7 +53,7 @@ class SegmentRequest:
     tag: float = 0.0
     seq: int = 0
     meta: dict[str, Any] = field(default_factory=dict)  # what a destination needs to carry it (scale-out)
-    future: Future[list[str]] = field(default_factory=Future)
+    future: Future[SegmentResult] = field(default_factory=Future)
 
 
 @dataclass(eq=False)

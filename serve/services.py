@@ -18,7 +18,7 @@ from .errors import failure_of
 from .janitor import Janitor
 from .job_store import SqliteJobStore
 from .jobs import ABORT_SECONDS, Job, JobControl, JobInterrupted, JobKind, JobOutcome, JobQueue, JobStore, new_job_id
-from .local import MODEL_NAME, LocalDestination, close_runner, engine_loader
+from .local import MODEL_NAME, LocalDestination, aligner_loader, close_runner, engine_loader
 from .metrics import Metrics
 from .model_manager import ModelManager
 from .outputs import OutputStore
@@ -33,6 +33,7 @@ from .transcriber import (
 )
 from .transcript import Piece, Transcript
 from .uploads import Upload
+from .word_alignment import AlignerSlot
 
 if TYPE_CHECKING:  # the scale-out classes: services.py builds them only in that mode
     from redis import Redis
@@ -45,12 +46,6 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "qwen_omni"
 JOB_DATABASE = "jobs.sqlite3"
 
-RENDERERS = {
-    "txt": formats.to_txt,
-    "srt": formats.to_srt,
-    "vtt": formats.to_vtt,
-}
-
 # A job's transcription: (job, control) -> Transcript, here or on the scale-out workers.
 TranscribeJob = Callable[[Job, JobControl], Transcript]
 
@@ -60,7 +55,7 @@ def job_transcription(transcriber: Transcriber) -> TranscribeJob:
 
     def transcribe(job: Job, control: JobControl) -> Transcript:
         done = control.progress  # a resumed job goes on from its last finished segment
-        resume = ResumePoint(done.segments_done, tuple(Piece(p["start"], p["end"], p["text"]) for p in done.partial))
+        resume = ResumePoint(done.segments_done, tuple(Piece.from_dict(p) for p in done.partial))
         try:
             return transcriber(job.input_path, TranscriptionParams(**job.params), job_id=job.id,
                                waiting_client=job.kind is JobKind.SYNC, expected_duration=job.audio_duration,
@@ -85,6 +80,7 @@ class Services:
     cluster: Cluster | None = None  # the scale-out workers, in the API role
     redis: Redis | None = None
     dispatcher: RemoteDestination | None = None  # hands segments to the workers, in the API role
+    aligner: AlignerSlot | None = None  # word times, beside this process's model (the workers hold their own)
     _shutdown: threading.Thread | None = field(default=None, init=False, repr=False)
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -94,7 +90,7 @@ class Services:
             Path(folder).mkdir(parents=True, exist_ok=True)
         metrics = Metrics()
         outputs = OutputStore(settings.outputs_dir)
-        cluster = client = dispatcher = None
+        cluster = client = dispatcher = aligner = None
         destination: Destination
         if settings.role == "api":
             from .distributed.api import ApiBackend
@@ -106,8 +102,9 @@ class Services:
             scheduler = dispatcher.scheduler
         else:
             scheduler = FairScheduler()
+            aligner = AlignerSlot(aligner_loader(settings))
             manager: ModelManager[BatchRunner] = ModelManager(
-                metrics.timed(metrics.load_seconds, engine_loader(settings, scheduler)),
+                metrics.timed(metrics.load_seconds, engine_loader(settings, scheduler, aligner)),
                 unloader=metrics.timed(metrics.unload_seconds, close_runner), idle_timeout=settings.idle_timeout,
                 name=MODEL_NAME,
             )
@@ -119,7 +116,9 @@ class Services:
         def run(job: Job, control: JobControl) -> JobOutcome:
             transcript = transcribe(job, control)
             try:
-                name = outputs.save(RENDERERS[job.output_format](transcript), job.output_format)
+                text = formats.render(job.output_format, transcript,
+                                      word_level=bool(job.params.get("word_timestamps")))
+                name = outputs.save(text, job.output_format)
             except OSError as exc:  # a full disk costs the file, not the transcript: it is in the job record
                 log.error("job %s: the transcript could not be saved under outputs/: %s", job.id, exc)
                 return JobOutcome(transcript.to_dict(), None, f"the transcript could not be saved under outputs/ "
@@ -140,7 +139,8 @@ class Services:
         jobs.start()
         janitor.start()
         services = cls(settings=settings, models=models, scheduler=scheduler, jobs=jobs, outputs=outputs, store=store,
-                       janitor=janitor, metrics=metrics, cluster=cluster, redis=client, dispatcher=dispatcher)
+                       janitor=janitor, metrics=metrics, cluster=cluster, redis=client, dispatcher=dispatcher,
+                       aligner=aligner)
         metrics.watch(services)
         return services
 

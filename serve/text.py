@@ -102,6 +102,12 @@ def clean_transcript(raw: str, *, opencc: str | None = None) -> str:
     return text.strip()
 
 
+def clean_parts(parts: list[str] | tuple[str, ...], *, opencc: str | None = None) -> str:
+    """One segment's text from its raw parts (two when it was generated in halves): each part cleaned, joined."""
+    cleaned = [clean_transcript(part, opencc=opencc) for part in parts]
+    return cleaned[0] if len(cleaned) == 1 else join_pieces(cleaned)
+
+
 def _is_cjk(char: str) -> bool:
     if not char:
         return False

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Protocol
 
 from .audio import MIN_SEGMENT_SECONDS, Segment, decode_segments
-from .generation import GenerationOptions, instruction_for
-from .text import clean_transcript, join_pieces
+from .generation import GenerationOptions, SegmentResult, instruction_for
+from .text import clean_parts, to_traditional
 from .transcript import Piece, Transcript
+from .word_alignment import words_onto
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +67,22 @@ class TranscriptionParams:
     language: str = "auto"
     prompt: str = ""
     opencc: str | None = None  # the OpenCC conversion to apply (s2t, s2tw, s2twp, s2hk, t2s), if any
+    align_words: bool = False  # time the words with the forced aligner
+    word_timestamps: bool = False  # and show them (JSON words, word-level VTT): the request asked
 
     @property
     def generation(self) -> GenerationOptions:
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                  repetition_penalty=self.repetition_penalty,
-                                 instruction=instruction_for(self.language, self.prompt))
+                                 instruction=instruction_for(self.language, self.prompt),
+                                 align=self.language if self.align_words else None)
 
 
 class Lane(Protocol):
     """One job's way to the model."""
 
-    def submit(self, segment: Segment, options: GenerationOptions) -> Future[list[str]]:
-        """Queue a segment; its future gets the raw text (in parts: two when it was split to fit in memory)."""
+    def submit(self, segment: Segment, options: GenerationOptions) -> Future[SegmentResult]:
+        """Queue a segment; its future gets the model path's result (raw text, scores, aligned words)."""
 
     def lookahead(self) -> int:
         """How many segments the job may have outstanding now."""
@@ -97,7 +101,7 @@ class Destination(Protocol):
 class _Outstanding:
     number: int  # 1-based position in the file
     segment: Segment
-    future: Future[list[str]] | None  # None: silent, nothing to transcribe
+    future: Future[SegmentResult] | None  # None: silent, nothing to transcribe
 
 
 class Transcriber:
@@ -126,10 +130,9 @@ class Transcriber:
             entry = outstanding.popleft()
             piece = None
             if entry.future is not None:
-                text = _clean(_wait(entry.future, stopped), params)
+                piece = _piece(entry.segment, _wait(entry.future, stopped), params)
                 log.debug("segment %d [%.2f-%.2f]: %r", entry.segment.index, entry.segment.start, entry.segment.end,
-                          text)
-                piece = Piece(start=entry.segment.start, end=entry.segment.end, text=text)
+                          piece.text)
                 pieces.append(piece)
             if progress is not None:
                 progress(entry.number, max(total, entry.number) if total else None, entry.segment.cut_end,
@@ -183,7 +186,7 @@ def estimated_segments(duration: float, segment_seconds: float) -> int:
     return max(1, math.ceil((duration - MIN_SEGMENT_SECONDS) / segment_seconds))
 
 
-def _wait(future: Future[list[str]], stopped: Callable[[], bool]) -> list[str]:
+def _wait(future: Future[SegmentResult], stopped: Callable[[], bool]) -> SegmentResult:
     while True:
         try:
             return future.result(timeout=STOP_POLL_SECONDS)
@@ -192,7 +195,16 @@ def _wait(future: Future[list[str]], stopped: Callable[[], bool]) -> list[str]:
                 raise TranscriptionStopped() from None
 
 
-def _clean(parts: list[str], params: TranscriptionParams) -> str:
-    """Post-processing: each part loses the model's wrappers and repetitions (and gets OpenCC), then they join."""
-    cleaned = [clean_transcript(part, opencc=params.opencc) for part in parts]
-    return cleaned[0] if len(cleaned) == 1 else join_pieces(cleaned)
+def _piece(segment: Segment, result: SegmentResult, params: TranscriptionParams) -> Piece:
+    """Post-processing: each part loses the model's wrappers and repetitions (and gets OpenCC), then they join;
+    the aligned words move to the file's time line and, after OpenCC, onto the converted text."""
+    text = clean_parts(result.parts, opencc=params.opencc)
+    words = result.words
+    if words is not None:
+        words = tuple(word.shifted(segment.start) for word in words)
+        if params.opencc:
+            opencc = params.opencc
+            words = words_onto(clean_parts(result.parts), text, words, lambda t: to_traditional(t, opencc))
+    return Piece(start=segment.start, end=segment.end, text=text, tokens=result.tokens,
+                 avg_logprob=result.avg_logprob, no_speech_prob=result.no_speech_prob, words=words,
+                 alignment_note=result.alignment_note)

@@ -9,15 +9,83 @@ from .text import join_pieces
 
 
 @dataclass(frozen=True)
+class Word:
+    """A word of a transcript and when it is spoken (seconds), as the forced aligner timed it."""
+
+    word: str
+    start: float
+    end: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"word": self.word, "start": self.start, "end": self.end}
+
+    def shifted(self, seconds: float) -> Word:
+        return Word(self.word, round(self.start + seconds, 3), round(self.end + seconds, 3))
+
+
+def word_spans(text: str, words: tuple[Word, ...]) -> list[tuple[int, int] | None]:
+    """Where each word lies in ``text``: the aligner's words are the letters, digits and apostrophes of the
+    text's words, in order, so each is found as a subsequence from where the last one ended (None: lost)."""
+    spans: list[tuple[int, int] | None] = []
+    cursor = 0
+    for word in words:
+        start = text.find(word.word, cursor)
+        if start >= 0:
+            spans.append((start, start + len(word.word)))
+            cursor = start + len(word.word)
+            continue
+        position, first = cursor, None
+        for char in word.word:
+            position = text.find(char, position)
+            if position < 0:
+                break
+            first = position if first is None else first
+            position += 1
+        if position < 0 or first is None:
+            spans.append(None)
+        else:
+            spans.append((first, position))
+            cursor = position
+    return spans
+
+
+@dataclass(frozen=True)
 class Piece:
-    """What the model heard in one segment, and where that segment lies in the input (seconds)."""
+    """What the model heard in one segment, and where that segment lies in the input (seconds).
+
+    With it, when the model path provides them: the generated token ids, their mean log-probability, the
+    probability that the model ended at once (no speech), and the words with their times (None when the
+    words were not aligned; ``alignment_note`` then says why, when alignment was asked for).
+    """
 
     start: float
     end: float
     text: str
+    tokens: tuple[int, ...] | None = None
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    words: tuple[Word, ...] | None = None
+    alignment_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "text": self.text}
+        data: dict[str, Any] = {"start": self.start, "end": self.end, "text": self.text}
+        if self.tokens is not None:
+            data.update(tokens=list(self.tokens), avg_logprob=self.avg_logprob, no_speech_prob=self.no_speech_prob)
+        if self.words is not None:
+            data["words"] = [w.to_dict() for w in self.words]
+        if self.alignment_note:
+            data["alignment_note"] = self.alignment_note
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Piece:
+        """A piece as stored with a job (records written before a field existed lack it)."""
+        tokens, words = data.get("tokens"), data.get("words")
+        return cls(start=data["start"], end=data["end"], text=data["text"],
+                   tokens=tuple(tokens) if tokens is not None else None,
+                   avg_logprob=data.get("avg_logprob"), no_speech_prob=data.get("no_speech_prob"),
+                   words=tuple(Word(w["word"], w["start"], w["end"]) for w in words) if words is not None else None,
+                   alignment_note=data.get("alignment_note"))
 
 
 @dataclass(frozen=True)
@@ -35,5 +103,9 @@ class Transcript:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Transcript:
-        return cls(pieces=tuple(Piece(p["start"], p["end"], p["text"]) for p in data["pieces"]),
-                   duration=data["duration"])
+        return cls(pieces=tuple(Piece.from_dict(p) for p in data["pieces"]), duration=data["duration"])
+
+    @property
+    def alignment_notes(self) -> list[str]:
+        """Why some pieces have no word times (each reason once), when alignment was asked for."""
+        return list(dict.fromkeys(p.alignment_note for p in self.pieces if p.alignment_note))

@@ -151,8 +151,10 @@ class OneSegmentAtATime:
     def __init__(self, recognizer) -> None:  # type: ignore[no-untyped-def]
         self.recognizer = recognizer
 
-    def transcribe_batch(self, batch, options) -> list[str]:  # type: ignore[no-untyped-def]
-        return [self.recognizer.transcribe(samples, options) for samples in batch]
+    def generate_batch(self, batch, options) -> list:  # type: ignore[no-untyped-def]
+        from serve.generation import SegmentResult
+
+        return [SegmentResult(parts=(self.recognizer.transcribe(samples, options),)) for samples in batch]
 
     def close(self) -> None:
         pass
@@ -163,8 +165,8 @@ def use_test_engine(app, recognizer, batch_size: int = 1) -> None:  # type: igno
     from serve.batching import BatchRunner
 
     s = services_of(app)
-    engine = recognizer if hasattr(recognizer, "transcribe_batch") else OneSegmentAtATime(recognizer)
-    s.models._loader = lambda: BatchRunner(engine, batch_size, s.scheduler)
+    engine = recognizer if hasattr(recognizer, "generate_batch") else OneSegmentAtATime(recognizer)
+    s.models._loader = lambda: BatchRunner(engine, batch_size, s.scheduler, aligner=s.aligner)
 
 
 def form_upload(path: Path, name: str | None = None, **fields: str) -> dict:

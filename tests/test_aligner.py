@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.aligner import MAX_SECONDS, AlignedWord, AlignerLoadError, AlignmentUnavailable, ForcedAligner, _inside
+from serve.aligner import MAX_SECONDS, AlignerLoadError, AlignmentUnavailable, ForcedAligner, _inside
+from serve.transcript import Word
 from tests.conftest import sine
 
 
@@ -58,8 +59,8 @@ def test_languages_it_does_not_cover_are_refused_with_a_reason(aligner: ForcedAl
     with pytest.raises(AlignmentUnavailable, match="does not cover Arabic"):
         aligner.align([sine(1.0)], ["مرحبا"], "ar")
     assert aligner.unsupported("zh") is None and aligner.unsupported("en") is None
-    reason = aligner.unsupported("ja")
-    assert reason is None or "nagisa" in reason  # Japanese words need nagisa: refused when it is missing
+    # Japanese and Korean words need nagisa and soynlp (requirements.txt); without them, refused with a reason.
+    assert aligner.unsupported("ja") is None and aligner.unsupported("ko") is None
 
 
 def test_a_clip_longer_than_the_aligner_takes_is_refused(aligner: ForcedAligner) -> None:
@@ -70,7 +71,7 @@ def test_a_clip_longer_than_the_aligner_takes_is_refused(aligner: ForcedAligner)
 def test_times_are_held_inside_the_clip_and_never_go_back() -> None:
     words = [{"text": "a", "start_time": 0.4, "end_time": 0.2}, {"text": "b", "start_time": 0.1, "end_time": 0.9},
              {"text": "c", "start_time": 7.0, "end_time": 9.0}]
-    assert _inside(words, 2.0) == [AlignedWord("a", 0.4, 0.4), AlignedWord("b", 0.4, 0.9), AlignedWord("c", 2.0, 2.0)]
+    assert _inside(words, 2.0) == [Word("a", 0.4, 0.4), Word("b", 0.4, 0.9), Word("c", 2.0, 2.0)]
 
 
 def test_an_omni_checkpoint_is_not_an_aligner(tiny_checkpoint: Path) -> None:
@@ -83,3 +84,10 @@ def test_close_drops_the_model(tiny_aligner: Path) -> None:
     ref = weakref.ref(aligner.model)
     aligner.close()
     assert aligner.model is None and ref() is None
+
+
+def test_japanese_and_korean_words_are_split_by_their_own_libraries(aligner: ForcedAligner) -> None:
+    japanese = aligner.align([sine(2.0), sine(2.0)], ["今日はいい天気ですね。", ""], "ja")[0]
+    assert [w.word for w in japanese] == ["今日", "は", "いい", "天気", "です", "ね"]  # nagisa's words, not characters
+    korean = aligner.align([sine(2.0)], ["안녕하세요. 오늘 날씨가 좋네요."], "ko")[0]
+    assert [w.word for w in korean] == ["안녕하세요", "오늘", "날씨가", "좋네요"]

@@ -47,6 +47,16 @@ def test_serving_benchmark_short(tmp_path: Path) -> None:
     assert report["batching_bf16"]["batch2_identical"] and report["batching_awq"]["batch2_identical"]
 
 
+def test_alignment_benchmark_short(tmp_path: Path) -> None:
+    out = tmp_path / "alignment.json"
+    result = run("bench_alignment.py", "--seconds", "12", "--segment-duration", "6", "--max-new-tokens", "8",
+                 "--repeats", "1", "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = json.loads(out.read_text())[0]
+    assert row["with_words_s"] > 0 and row["without_words_s"] > 0 and row["aligner_s"] > 0
+    assert row["aligner_memory_mb"] > 0
+
+
 def test_gpu_benchmark_code_path_on_a_tiny_model(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     modes = ["awq_low_vram", "awq", "awq_fast", "bf16"]

@@ -53,3 +53,14 @@ def test_an_absolute_path_that_does_not_exist_is_an_error_not_a_download(hub: Fa
 def test_server_flags_are_found_after_the_script() -> None:
     assert download.server_flags(["python3", "serve/qwen2_5_omni_awq.py", "--port", "1"]) == ["--port", "1"]
     assert download.server_flags(["--port", "1"]) == ["--port", "1"]
+
+
+def test_the_aligner_is_fetched_beside_the_model_when_word_timestamps_are_on(hub: FakeHub, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    command = [*compose_command(tmp_path / "Qwen"), "--aligner-path", "Qwen/Qwen3-ForcedAligner-0.6B-hf"]
+    assert download.main(command) == 0
+    assert [repo for repo, _ in hub.calls] == ["Qwen/Qwen2.5-Omni-7B-AWQ", "Qwen/Qwen3-ForcedAligner-0.6B-hf"]
+    assert hub.calls[1][1] == tmp_path / "Qwen" / "Qwen3-ForcedAligner-0.6B-hf"
+    monkeypatch.setenv("QWEN_OMNI_ALIGNER_PATH", "")  # the compose file's default: off
+    assert download.ensure_aligner(compose_command(tmp_path / "Qwen")) is None

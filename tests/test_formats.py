@@ -9,7 +9,7 @@ import pytest
 import srt
 
 from serve.formats import to_segments, to_srt, to_txt
-from serve.transcript import Piece, Transcript
+from serve.transcript import Piece, Transcript, Word
 
 
 def transcript() -> Transcript:
@@ -126,3 +126,69 @@ def test_srt_vtt_and_json_round_every_time_the_same_way() -> None:
         return round(int(hours) * 3600 + int(minutes) * 60 + float(rest), 3)
 
     assert [s["start"] for s in to_segments(transcript)] == [seconds(pair[0]) for pair in srt_times]
+
+
+def aligned_piece() -> Piece:
+    """Twenty English words spoken from 10 s, 0.5 s each with a pause after the tenth, and a Chinese tail."""
+    english = [f"word{i}" for i in range(20)]
+    words = [Word(w, 10 + 0.5 * i + (2.0 if i >= 10 else 0), 10.4 + 0.5 * i + (2.0 if i >= 10 else 0))
+             for i, w in enumerate(english)]
+    words += [Word(ch, 23.0 + 0.3 * i, 23.25 + 0.3 * i) for i, ch in enumerate("你好世界")]
+    text = " ".join(english[:10]) + ". " + " ".join(english[10:]) + "! 你好，世界。"
+    return Piece(9.8, 25.0, text, words=tuple(words))
+
+
+def test_subtitle_cues_follow_the_aligned_words() -> None:
+    from serve.formats import shape_cues
+
+    piece = aligned_piece()
+    cues = shape_cues(piece)
+    assert len(cues) >= 3
+    for cue in cues:
+        # Each cue starts at its first word and ends at its last, whatever share of the characters it has.
+        assert cue.words and cue.start == cue.words[0].start and cue.end == cue.words[-1].end
+        assert cue.end - cue.start <= 7.0
+        assert all(w.word in cue.text for w in cue.words)
+    assert [w for cue in cues for w in cue.words] == list(piece.words)  # every word in one cue, in order
+    subtitles = list(srt.parse(to_srt(Transcript((piece,), 25.0)), ignore_errors=False))
+    assert [(s.start.total_seconds(), s.end.total_seconds()) for s in subtitles] == \
+        [(c.start, c.end) for c in cues]
+    # Without words, the same piece is timed by characters from its start.
+    assert shape_cues(Piece(piece.start, piece.end, piece.text))[0].start == 9.8
+
+
+def test_word_level_vtt_parses_and_times_each_word_inside_its_cue() -> None:
+    import re
+
+    import webvtt
+
+    from serve.formats import to_vtt
+
+    transcript = Transcript((aligned_piece(),), 25.0)
+    text = to_vtt(transcript, word_level=True)
+    captions = webvtt.from_string(text)
+    assert len(captions) == len(webvtt.from_string(to_vtt(transcript)))
+    def seconds(stamp: str) -> float:
+        return sum(float(x) * f for x, f in zip(stamp.split(":"), (3600, 60, 1), strict=True))
+
+    for caption in captions:
+        start, end = seconds(caption.start), seconds(caption.end)
+        stamps = [seconds(m) for m in re.findall(r"<(\d\d:\d\d:\d\d\.\d\d\d)>", caption.raw_text)]
+        assert stamps and stamps == sorted(stamps) and all(start < t < end for t in stamps)
+        assert re.sub(r"<[^>]+>", "", caption.raw_text) == caption.text  # the words, unchanged
+    assert "<00:00:10.500>word1" in text
+
+
+def test_verbose_json_carries_token_scores_and_words_when_asked() -> None:
+    from serve.formats import to_verbose_json
+
+    scored = Piece(0.0, 2.0, "hello there", tokens=(9, 8), avg_logprob=-0.25, no_speech_prob=0.01,
+                   words=(Word("hello", 0.1, 0.5), Word("there", 0.6, 1.0)))
+    body = to_verbose_json(Transcript((scored, Piece(2.0, 4.0, "no scores")), 4.0), language="english",
+                           temperature=0.0, words=True)
+    first, second = body["segments"]
+    assert (first["tokens"], first["avg_logprob"], first["no_speech_prob"]) == ([9, 8], -0.25, 0.01)
+    assert "tokens" not in second  # a transcript stored before scores were kept: nothing invented
+    assert body["words"] == [{"word": "hello", "start": 0.1, "end": 0.5}, {"word": "there", "start": 0.6, "end": 1.0}]
+    assert "words" not in to_verbose_json(Transcript((scored,), 2.0), language="english", temperature=0.0)
+    assert to_segments(Transcript((scored,), 2.0))[0]["words"] == body["words"]

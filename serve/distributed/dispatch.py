@@ -42,7 +42,7 @@ from rq.job import JobStatus as TaskStatus
 
 from ..audio import Segment
 from ..errors import APIError, JobFailed
-from ..generation import GenerationOptions
+from ..generation import GenerationOptions, SegmentResult
 from ..jobs import JobFailure
 from ..scheduler import FairScheduler, Flow, SegmentRequest
 from .cluster import Cluster
@@ -274,7 +274,7 @@ class RemoteDestination:
         for entries, values in zip(wanted.values(), self._patiently(read), strict=True):
             for entry, value in zip(entries, values, strict=True):
                 if value is not None:
-                    _resolve(entry, json.loads(value)["parts"])
+                    _resolve(entry, SegmentResult.from_dict(json.loads(value)))
                     arrived.add(id(entry))
         for task in tasks:
             task.entries = [e for e in task.entries if id(e) not in arrived]
@@ -380,8 +380,8 @@ class RemoteDestination:
             return []
 
 
-def _resolve(entry: _Entry, outcome: list[str] | BaseException) -> None:
-    future: Future[list[str]] = entry.request.future
+def _resolve(entry: _Entry, outcome: SegmentResult | BaseException) -> None:
+    future: Future[SegmentResult] = entry.request.future
     if future.done():
         return
     if isinstance(outcome, BaseException):
@@ -396,7 +396,7 @@ class _RemoteLane:
         self._job_id = job_id
         self._flow = flow
 
-    def submit(self, segment: Segment, options: GenerationOptions) -> Future[list[str]]:
+    def submit(self, segment: Segment, options: GenerationOptions) -> Future[SegmentResult]:
         return self._destination.scheduler.submit(self._flow, segment.samples, options, start=segment.start,
                                                   end=segment.end, index=segment.index).future
 

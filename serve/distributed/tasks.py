@@ -9,5 +9,6 @@ FAILURE_META = "failure"  # a failed task's JobFailure, in its RQ meta
 
 
 def pieces_key(job_id: str) -> str:
-    """The hash of a job's finished segments: segment index -> {"parts": [raw text, ...], "worker": name}."""
+    """The hash of a job's finished segments: segment index -> a SegmentResult's dict (raw text parts, scores,
+    words) and the worker's name."""
     return redis_key("job", job_id, "pieces")

@@ -31,9 +31,10 @@ from rq import Queue, SimpleWorker, get_current_job
 from ..config import Settings
 from ..errors import failure_of
 from ..generation import GenerationOptions
-from ..local import MODEL_NAME, close_runner, engine_loader
+from ..local import MODEL_NAME, aligner_loader, close_runner, engine_loader
 from ..model_manager import ModelManager, gpu_memory_bytes
 from ..scheduler import FairScheduler
+from ..word_alignment import AlignerSlot
 from .cluster import WORKER_NAMES, heartbeat_key
 from .redis_store import RedisJobStore, patiently
 from .tasks import FAILURE_META, QUEUE, pieces_key
@@ -120,7 +121,7 @@ def transcribe_task(segments: list[dict[str, Any]], options: dict[str, Any]) -> 
                 requests = [context.scheduler.submit(flow, samples, GenerationOptions(**options), start=s["start"],
                                                      end=s["end"]) for s, samples in wanted]
                 for (s, _samples), request in zip(wanted, requests, strict=True):
-                    piece = json.dumps({"parts": request.future.result(), "worker": context.name},
+                    piece = json.dumps({**request.future.result().to_dict(), "worker": context.name},
                                        ensure_ascii=False)
                     patiently(lambda s=s, piece=piece:
                               context.redis.hset(pieces_key(s["job"]), str(s["index"]), piece))
@@ -207,7 +208,8 @@ def run(settings: Settings) -> None:
     # RQ gives its own connection a socket timeout longer than its blocking wait on the queue.
     client = redis.Redis.from_url(settings.redis_url, password=settings.redis_password, health_check_interval=10)  # type: ignore[arg-type]
     scheduler = FairScheduler()
-    models = ModelManager(engine_loader(settings, scheduler), unloader=close_runner,
+    aligner = AlignerSlot(aligner_loader(settings))
+    models = ModelManager(engine_loader(settings, scheduler, aligner), unloader=close_runner,
                           idle_timeout=settings.idle_timeout, name=MODEL_NAME)
     patiently(lambda: _claim(client, name))
     context = _context = WorkerContext(name=name, models=models, redis=client, scheduler=scheduler,

@@ -11,7 +11,6 @@ from flask import Response, send_file
 from .. import formats
 from ..jobs import Job, JobStatus
 from ..language_id import transcript_language
-from ..services import RENDERERS
 from ..transcript import Piece, Transcript
 from ..uploads import content_disposition, download_name
 
@@ -46,7 +45,7 @@ def job_body(job: Job, *, with_result: bool = True) -> dict[str, Any]:
         body["stage"] = job.stage
         body["started_at"] = iso(job.started_at)
         body["progress"]["eta_seconds"] = eta_seconds(job)
-        pieces = tuple(Piece(p["start"], p["end"], p["text"]) for p in progress.partial)
+        pieces = tuple(Piece.from_dict(p) for p in progress.partial)
         body["partial_transcription"] = Transcript(pieces).text
     elif job.status is JobStatus.COMPLETED:
         assert job.result is not None
@@ -72,11 +71,16 @@ def eta_seconds(job: Job) -> float | None:
     return round(max(0.0, elapsed / done * (job.audio_duration - done)), 1)
 
 
-def attachment(job: Job, extension: str) -> Response:
-    """The job's transcript as a download named after the upload (``audio.mp3`` -> ``audio.srt``)."""
+def attachment(job: Job, extension: str, *, word_level: bool = False) -> Response:
+    """The job's transcript as a download named after the upload (``audio.mp3`` -> ``audio.srt``); VTT with
+    word timestamps when the job asked for them (or ``word_level``)."""
     transcript = Transcript.from_dict(job.result or {"pieces": [], "duration": 0})
-    body = RENDERERS[extension](transcript).encode("utf-8")
+    body = formats.render(extension, transcript,
+                          word_level=word_level or bool(job.params.get("word_timestamps"))).encode("utf-8")
     response = send_file(io.BytesIO(body), mimetype=MIMETYPES[extension])
+    note = formats.word_timestamps_note(transcript)
+    if note and extension in ("srt", "vtt"):
+        response.headers["X-Word-Timestamps-Note"] = _header_safe(note)
     response.headers["Content-Disposition"] = content_disposition(download_name(job.filename, extension))
     response.headers["X-Output-File"] = job.output_file or ""
     return response
@@ -96,5 +100,11 @@ def transcript_json(job: Job) -> dict[str, Any]:
         # The ISO code the request named, else the one detected from the text (null when unsure)
         "language": transcript_language(job.params.get("language", "auto"), transcript.text),
         "segments": formats.to_segments(transcript),
+        **({"word_timestamps_note": note} if (note := formats.word_timestamps_note(transcript)) else {}),
         **({"output_error": job.output_error} if job.output_error else {}),
     }
+
+
+def _header_safe(text: str) -> str:
+    """A header value: ASCII on one line (notes may quote a language's or a file's name)."""
+    return " ".join(text.encode("ascii", "replace").decode().split())[:500]

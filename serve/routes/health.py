@@ -67,6 +67,8 @@ def health():  # type: ignore[no-untyped-def]
         "running_job": s.jobs.running_job, "running_jobs": s.jobs.running_jobs, "role": s.settings.role,
         "store": "ok" if store_problem is None else f"cannot be written: {store_problem}",
         "shutting_down": s.jobs.stopping,
+        # Word times: the forced aligner beside the model (in the scale-out API role, each worker holds its own)
+        "aligner": s.aligner.state() if s.aligner is not None else {"configured": bool(s.settings.aligner_path)},
     }
     if redis_state is not None:
         body["redis"] = redis_state

@@ -56,6 +56,8 @@ def job_result(job_id: str):  # type: ignore[no-untyped-def]
       parameters:
         - JobId
         - {name: format, in: query, schema: {type: string, enum: [txt, json, srt, vtt], default: json}}
+        - {name: words, in: query, description: "vtt: each word's start inside its cue (word timestamps)",
+           schema: {type: boolean, default: false}}
       responses:
         200:
           description: the transcript
@@ -78,7 +80,7 @@ def job_result(job_id: str):  # type: ignore[no-untyped-def]
         raise Conflict(f"job {job_id} has no result: it is {job.status.value}", param="job_id")
     if wanted == "json":
         return jsonify(transcript_json(job))
-    return attachment(job, wanted)
+    return attachment(job, wanted, word_level=request.args.get("words", "").lower() in ("1", "true", "yes"))
 
 
 @bp.get("/jobs")

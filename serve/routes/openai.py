@@ -90,7 +90,7 @@ def retrieve_model(model_id: str):  # type: ignore[no-untyped-def]
     return jsonify(_model(model_id))
 
 
-def _options() -> tuple[str, bool]:
+def _options() -> tuple[str, bool, bool]:
     form = request.form
     model = form.get("model", "")
     if not model.strip() or len(model) > 256:
@@ -100,14 +100,19 @@ def _options() -> tuple[str, bool]:
     if response_format not in RESPONSE_FORMATS:
         raise InvalidParameter(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
                                param="response_format")
-    for granularity in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"):
-        if granularity != "segment":
-            raise InvalidParameter("only segment timestamps are available (the model does not time words)",
+    granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+    for granularity in granularities:
+        if granularity not in ("segment", "word"):
+            raise InvalidParameter(f"timestamp_granularities[] must be segment or word (got {granularity[:40]!r})",
                                    param="timestamp_granularities[]")
+    words = "word" in granularities
+    if words and response_format not in ("verbose_json", "srt", "vtt"):
+        raise InvalidParameter("word timestamps need response_format verbose_json (or srt/vtt)",
+                               param="timestamp_granularities[]")
     stream = (form.get("stream") or "false").lower() in ("true", "1")
     if stream and response_format not in ("json", "text"):
         raise InvalidParameter("stream=true is available with response_format json or text", param="stream")
-    return response_format, stream
+    return response_format, stream, words
 
 
 @bp.post("/audio/transcriptions")
@@ -141,8 +146,9 @@ def create_transcription():  # type: ignore[no-untyped-def]
         500: OpenAIServerError
         503: OpenAIUnavailable
     """
-    response_format, stream = _options()
-    params = parse_params(request.form, services().settings)
+    response_format, stream, words = _options()
+    params = parse_params(request.form, services().settings, align_by_default=response_format in ("srt", "vtt"),
+                          words_asked=True if words else None)
     if stream:
         return _stream(submit_upload("txt", JobKind.SYNC, params))
     saved_as = response_format if response_format in ("srt", "vtt") else "txt"
@@ -152,10 +158,11 @@ def create_transcription():  # type: ignore[no-untyped-def]
         return jsonify(text=transcript.text, usage=formats.usage(transcript))
     if response_format == "verbose_json":
         language = openai_name(transcript_language(params.language, transcript.text))
-        return jsonify(formats.to_verbose_json(transcript, language=language, temperature=params.temperature))
-    renderer = {"text": formats.to_txt, "srt": formats.to_srt, "vtt": formats.to_vtt}[response_format]
+        return jsonify(formats.to_verbose_json(transcript, language=language, temperature=params.temperature,
+                                               words=words))
+    output_format = {"text": "txt"}.get(response_format, response_format)
     mimetype = "text/vtt" if response_format == "vtt" else "text/plain"
-    return Response(renderer(transcript), mimetype=mimetype)
+    return Response(formats.render(output_format, transcript, word_level=words), mimetype=mimetype)
 
 
 def _event(payload: dict) -> str:

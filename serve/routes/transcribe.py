@@ -41,7 +41,9 @@ def client_disconnected(environ: dict) -> bool:
 def submit_upload(output_format: str, kind: JobKind, params: TranscriptionParams | None = None) -> Job:
     """Validate the parameters, claim the upload, check that ffmpeg can read it, queue the job."""
     if params is None:
-        params = parse_params(request.form, services().settings)
+        # Word times make subtitle cues follow the speech, and an async job's result may be fetched as subtitles.
+        params = parse_params(request.form, services().settings,
+                              align_by_default=output_format in ("srt", "vtt") or kind is JobKind.ASYNC)
     upload = take_upload(request)  # type: ignore[arg-type]
     try:
         info = probe(upload.path)

@@ -27,6 +27,7 @@ from rq.job import Job as Task
 from rq.registry import StartedJobRegistry
 
 from serve.distributed.worker import QUEUE
+from serve.transcript import Word, word_spans
 from tests.conftest import TEST_MAX_NEW_TOKENS, run_ffmpeg
 from tests.e2e.conftest import tiny_server
 from tests.e2e.test_guide_examples import ENTRY, Server, start_server
@@ -43,6 +44,7 @@ class Cluster:
     root: Path
     redis: RedisServer
     api: Server
+    aligner: Path
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start_worker(self, name: str) -> None:
@@ -51,7 +53,8 @@ class Cluster:
         self.workers[name] = subprocess.Popen(
             [sys.executable, str(ENTRY), "--role", "worker", "--worker-name", name, "--redis-url", self.redis.url,
              "--checkpoint-path", CHECKPOINT, "--local-model", "--models-dir", str(self.root / "Qwen"),
-             "--segments-dir", str(self.root / "data" / "segments"), "--max-new-tokens", str(TEST_MAX_NEW_TOKENS)],
+             "--segments-dir", str(self.root / "data" / "segments"), "--max-new-tokens", str(TEST_MAX_NEW_TOKENS),
+             "--aligner-path", str(self.aligner)],
             cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def live_workers(self) -> list[dict]:
@@ -127,13 +130,14 @@ def speech_minutes(folder: Path, audio_dir: Path, minutes: float) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path,
+            tiny_aligner: Path) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("scale")
     shutil.copytree(tiny_awq_checkpoint, root / "Qwen" / "Qwen2.5-Omni-7B-AWQ")
     redis_server = RedisServer(root / "redis").start()
     api = start_server(root, "--role", "api", "--redis-url", redis_server.url, "--checkpoint-path", CHECKPOINT,
-                       "--segments-dir", str(root / "data" / "segments"))
-    cluster = Cluster(root, redis_server, api)
+                       "--segments-dir", str(root / "data" / "segments"), "--aligner-path", str(tiny_aligner))
+    cluster = Cluster(root, redis_server, api, tiny_aligner)
     try:
         for name in ("w0", "w1"):
             cluster.start_worker(name)
@@ -175,6 +179,17 @@ def test_a_ten_minute_file_is_split_across_both_workers_with_the_single_process_
         assert f"job {scaled['job_id']}: segments" in cluster.worker_log(name), name
     assert (cluster.root / "outputs" / scaled["output_file"]).read_text(encoding="utf-8") == \
         scaled["transcription"] + "\n"
+
+
+def test_word_timestamps_come_back_from_the_workers(cluster: Cluster, audio_dir: Path) -> None:
+    body = transcribe(cluster.api.url, audio_dir / "tone.wav", word_timestamps="true", segment_duration="2",
+                      temperature="0")
+    assert body["segments"] and "word_timestamps_note" not in body
+    for segment in body["segments"]:
+        times = [t for w in segment["words"] for t in (w["start"], w["end"])]
+        assert times == sorted(times) and all(segment["start"] <= t <= segment["end"] for t in times)
+        words = tuple(Word(w["word"], w["start"], w["end"]) for w in segment["words"])
+        assert None not in word_spans(segment["text"], words)  # each word found in the text, in order
 
 
 def test_health_reports_each_worker_its_device_and_model_state(cluster: Cluster, reference: tuple) -> None:

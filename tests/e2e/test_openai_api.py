@@ -26,7 +26,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_awq_checkpoint: Path) 
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-local-test", max_retries=0)
+    # Strict: every answer must validate against the SDK's types (generated from OpenAI's spec), required
+    # fields included, as a strict client would have it.
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-local-test", max_retries=0,
+                         _strict_response_validation=True)
 
 
 def test_models_lists_the_served_model_and_retrieves_it_and_its_aliases(client: openai.OpenAI) -> None:
@@ -75,6 +78,9 @@ def test_verbose_json_has_real_segment_times(client: openai.OpenAI, audio_dir: P
     assert result.language == "chinese" and result.duration == pytest.approx(7.3)  # OpenAI's form of "zh"
     assert [(s.start, s.end) for s in result.segments] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 7.3)]
     assert result.text == join_pieces([s.text for s in result.segments])
+    for segment in result.segments:  # the spec's required fields, from the model's own scores
+        assert segment.tokens and segment.avg_logprob <= 0 and 0 <= segment.no_speech_prob <= 1
+    assert result.words is None
 
 
 def test_verbose_json_reports_the_detected_language_when_none_is_named(client: openai.OpenAI,
@@ -111,6 +117,8 @@ def test_errors_use_openais_shape(client: openai.OpenAI, audio_dir: Path, kwargs
         client.audio.transcriptions.create(model=MODEL, file=f, **kwargs)
     error = exc.value.body
     assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+    if "timestamp_granularities" in kwargs:  # the flag that enables word times is named
+        assert "--aligner-path" in error["message"]
 
 
 def test_not_audio_and_wrong_key(server: Server, client: openai.OpenAI) -> None:
