@@ -83,10 +83,16 @@ class Segment:
     samples: np.ndarray
     cut_start: float = 0.0
     cut_end: float = 0.0
+    samples_start: float | None = None  # where ``samples`` begins in the file (None: at ``start``)
 
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    @property
+    def audio_start(self) -> float:
+        """The file time of ``samples[0]``: what times measured in the samples are relative to."""
+        return self.start if self.samples_start is None else self.samples_start
 
     def is_silent(self) -> bool:
         return self.samples.size == 0 or float(np.max(np.abs(self.samples))) < SILENCE_PEAK
@@ -263,9 +269,10 @@ def speech_segment(index: int, samples: np.ndarray, offset: int) -> Segment:
         return Segment(index, cut_start, cut_start, np.empty(0, dtype=np.float32), cut_start, cut_end)
     first, last = bounds
     pad = round(TRIM_PADDING_SECONDS * SAMPLE_RATE)
-    padded = samples[max(0, first - pad): min(samples.size, last + pad)]
+    padded_from = max(0, first - pad)
+    padded = samples[padded_from: min(samples.size, last + pad)]
     return Segment(index, (offset + first) / SAMPLE_RATE, (offset + last) / SAMPLE_RATE,
-                   np.ascontiguousarray(padded), cut_start, cut_end)
+                   np.ascontiguousarray(padded), cut_start, cut_end, (offset + padded_from) / SAMPLE_RATE)
 
 
 def _widen_pipe(fd: int) -> None:

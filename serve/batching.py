@@ -122,7 +122,11 @@ class BatchRunner:
     def _align(self, clips: list, results: list, language: str) -> list[SegmentResult]:  # type: ignore[type-arg]
         if self.aligner is None:
             return [result.aligned(None, "no word times: this model's process has no aligner") for result in results]
-        return self.aligner.align(clips, results, language)
+        try:
+            return self.aligner.align(clips, results, language)
+        except Exception as exc:  # the transcripts are done: a bug in the word times must not cost them
+            log.exception("aligning a batch failed")
+            return [result.aligned(None, f"no word times: {exc}") for result in results]
 
     def _generate(self, batch: list[SegmentRequest]) -> list[SegmentResult | BaseException]:
         results: list[SegmentResult] | None = None

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
-from .local import MODEL_NAME, LocalDestination, aligner_loader, close_runner, engine_loader
+from .local import MODEL_NAME, LocalDestination, aligner_slot, close_runner, engine_loader
 from .model_manager import ModelManager
 from .params import parse_params
 from .scheduler import FairScheduler
 from .transcriber import Transcriber
-from .word_alignment import AlignerSlot
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class DirectTranscriber:
         self.settings = settings
         # Never idle-unloaded between files: the tools measure transcription, not reloading.
         scheduler = FairScheduler()
-        self.aligner = AlignerSlot(aligner_loader(settings))
+        self.aligner = aligner_slot(settings)
         self.models = ModelManager(engine_loader(settings, scheduler, self.aligner), unloader=close_runner,
                                    idle_timeout=-1,
                                    name=MODEL_NAME)

@@ -377,10 +377,11 @@ class QwenOmniEngine:
         scores = TokenScores(self._stop_ids)
         output = self.model.generate(**padded, past_key_values=self.compiled.cache_for(plan),
                                      generation_config=config, logits_processor=LogitsProcessorList([scores]))
+        # Scored over the padded rows the graph ran, then cut to the real ones.
+        log_probs, end_at_once = scores.log_probs(output[:, prompt_tokens:])[:rows], scores.end_at_once[:rows]
         output = output[:rows]
         del padded
         generated = output[:, prompt_tokens:]
-        log_probs, end_at_once = scores.log_probs(output[:, prompt_tokens:])[:rows], scores.end_at_once[:rows]
         remaining = generation_config.max_new_tokens - generated.shape[1]
         ended = torch.isin(generated, torch.tensor(self._no_continuation_ids, device=generated.device)).any(dim=1)
         going_on = (~ended).nonzero().flatten()
@@ -404,7 +405,8 @@ class QwenOmniEngine:
                  len(going_on), rows, plan.new_tokens, remaining)
         tail = torch.full((rows, continued.shape[1]), self._pad_id, dtype=generated.dtype, device=generated.device)
         tail[going_on] = continued
-        tail_log_probs = torch.zeros(rows, continued.shape[1], device=log_probs.device)
+        # Rows that did not go on were padded: their tail is not theirs to score (NaN is left out of the mean).
+        tail_log_probs = torch.full((rows, continued.shape[1]), float("nan"), device=log_probs.device)
         tail_log_probs[going_on] = more_scores.log_probs(continued).to(log_probs.device)
         return torch.cat([generated, tail], dim=1), torch.cat([log_probs, tail_log_probs], dim=1), end_at_once
 
@@ -446,13 +448,13 @@ class QwenOmniEngine:
         return seconds
 
     def suggest_batch_size(self, segment_seconds: float, max_new_tokens: int, limit: int = 16, *,
-                           compiled: bool = False) -> int:
+                           compiled: bool = False, reserve_bytes: int = 0) -> int:
         """How many segments fit in the free accelerator memory at once (1 on CPU, where batching buys little).
 
         Per segment: the KV cache of its audio tokens (25 per second), the prompt and a realistic transcript
         (about 8 tokens per second of audio, at most max_new_tokens), with 50% headroom, plus a fixed
         allowance for the audio encoder's activations. With ``compiled`` decode the cache is static: as long
-        as the compiled pass's plan, allocated whole.
+        as the compiled pass's plan, allocated whole. ``reserve_bytes`` is left free for what loads later.
         """
         if self.device.type != "cuda":
             return 1
@@ -467,6 +469,7 @@ class QwenOmniEngine:
         # In low-VRAM mode the audio encoder visits the GPU one layer at a time: no room to set aside for it
         # (measured on an H200: the prefill adds no more than in the normal mode, benchmarks/README.md).
         free, _total = torch.cuda.mem_get_info(self.device)
+        free = max(0, free - reserve_bytes)  # memory another model will take later (the aligner)
         return max(1, min(limit, int(0.8 * free // per_segment)))
 
     def close(self) -> None:

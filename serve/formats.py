@@ -186,10 +186,15 @@ def to_vtt(transcript: Transcript, *, word_level: bool = False) -> str:
     (``<00:00:01.000>`` timestamps, which players use to highlight the word being spoken)."""
     blocks = ["WEBVTT", ""]
     for cue in _readable_cues(transcript):
-        # "-->" inside a cue would end it early: WebVTT forbids it in cue text.
-        text = _with_word_times(cue) if word_level else cue.text
-        blocks += [f"{_vtt_time(cue.start)} --> {_vtt_time(cue.end)}", text.replace("-->", "->"), ""]
+        text = _with_word_times(cue) if word_level else _vtt_escape(cue.text)
+        blocks += [f"{_vtt_time(cue.start)} --> {_vtt_time(cue.end)}", text, ""]
     return "\n".join(blocks)
+
+
+def _vtt_escape(text: str) -> str:
+    """Cue text as WebVTT wants it: "&", "<" and ">" as character references (a bare "<" opens a tag, and
+    "-->" would end the cue early)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _with_word_times(cue: Cue) -> str:
@@ -200,16 +205,16 @@ def _with_word_times(cue: Cue) -> str:
         start = _to_millisecond(word.start)
         if span is None or not last < start < cue.end:
             continue
-        out += [cue.text[cursor:span[0]], f"<{_vtt_time(start)}>"]
+        out += [_vtt_escape(cue.text[cursor:span[0]]), f"<{_vtt_time(start)}>"]
         cursor, last = span[0], start
-    return "".join(out) + cue.text[cursor:]
+    return "".join(out) + _vtt_escape(cue.text[cursor:])
 
 
-def to_segments(transcript: Transcript) -> list[dict]:
-    """The pieces as JSON-ready dicts (seconds rounded to milliseconds), with their ``words`` when timed."""
+def to_segments(transcript: Transcript, *, words: bool = False) -> list[dict]:
+    """The pieces as JSON-ready dicts (seconds rounded to milliseconds), with their timed ``words`` if asked."""
     spoken = [p for p in transcript.pieces if p.text.strip()]
     return [{"id": i, "start": _to_millisecond(p.start), "end": _to_millisecond(p.end), "text": p.text,
-             **({"words": _words(p.words)} if p.words is not None else {})}
+             **({"words": _words(p.words)} if words and p.words is not None else {})}
             for i, p in enumerate(spoken)]
 
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
+from pathlib import Path
 
 from .audio import Segment
 from .batching import BatchRunner
@@ -28,20 +29,33 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "Qwen2.5-Omni thinker"
 
 
-def aligner_loader(settings: Settings) -> Callable[[], Aligner] | None:
-    """How to load the forced aligner --aligner-path names (None: word times are off)."""
-    if not settings.aligner_path:
-        return None
-    path = settings.aligner_path
+class AlignerSource:
+    """The forced aligner --aligner-path names: found (or downloaded) with the model, on the thread that loads
+    it, so that the GPU's thread only reads the weights when the first segment asks for word times."""
 
-    def load() -> Aligner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._path: Path | None = None
+
+    def locate(self) -> Path:
+        if self._path is None:
+            s = self.settings
+            self._path = resolve_checkpoint(s.aligner_path, local_only=s.local_model,  # type: ignore[arg-type]
+                                            models_dir=s.models_dir, app_dir=APP_DIR)
+        return self._path
+
+    def load(self) -> Aligner:
         from .aligner import ForcedAligner  # torch and transformers, only where a model is loaded
 
-        checkpoint = resolve_checkpoint(path, local_only=settings.local_model, models_dir=settings.models_dir,
-                                        app_dir=APP_DIR)
-        return ForcedAligner.load(checkpoint, device=settings.device)
+        return ForcedAligner.load(self.locate(), device=self.settings.device)
 
-    return load
+
+def aligner_slot(settings: Settings) -> AlignerSlot:
+    """The slot for the aligner of the settings (an empty one when word times are off)."""
+    if not settings.aligner_path:
+        return AlignerSlot(None)
+    source = AlignerSource(settings)
+    return AlignerSlot(source.load, locate=source.locate)
 
 
 def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: AlignerSlot) -> Callable[[], BatchRunner]:
@@ -56,8 +70,9 @@ def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: Aligner
         engine = QwenOmniEngine.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
                                      low_vram=settings.low_vram, awq_dequant_rows=settings.awq_dequant_rows)
         compiled = settings.compiled_decode and not settings.low_vram  # the engine stays eager in low-VRAM mode
+        # The aligner loads later, on first use: the batch size leaves room for its weights.
         batch_size = settings.batch_size or engine.suggest_batch_size(
-            settings.segment_duration, settings.max_new_tokens, compiled=compiled)
+            settings.segment_duration, settings.max_new_tokens, compiled=compiled, reserve_bytes=aligner.prepare())
         log.info("generating up to %d segments per batch", batch_size)
 
         def compile_decode() -> None:

@@ -18,7 +18,7 @@ from .errors import failure_of
 from .janitor import Janitor
 from .job_store import SqliteJobStore
 from .jobs import ABORT_SECONDS, Job, JobControl, JobInterrupted, JobKind, JobOutcome, JobQueue, JobStore, new_job_id
-from .local import MODEL_NAME, LocalDestination, aligner_loader, close_runner, engine_loader
+from .local import MODEL_NAME, LocalDestination, aligner_slot, close_runner, engine_loader
 from .metrics import Metrics
 from .model_manager import ModelManager
 from .outputs import OutputStore
@@ -102,7 +102,7 @@ class Services:
             scheduler = dispatcher.scheduler
         else:
             scheduler = FairScheduler()
-            aligner = AlignerSlot(aligner_loader(settings))
+            aligner = aligner_slot(settings)
             manager: ModelManager[BatchRunner] = ModelManager(
                 metrics.timed(metrics.load_seconds, engine_loader(settings, scheduler, aligner)),
                 unloader=metrics.timed(metrics.unload_seconds, close_runner), idle_timeout=settings.idle_timeout,

@@ -35,7 +35,8 @@ class TokenScores(LogitsProcessor):
         return scores
 
     def log_probs(self, generated: torch.Tensor) -> torch.Tensor:
-        """[rows, steps]: the log-probability of each token of ``generated`` (the new tokens only)."""
+        """[rows, steps]: the log-probability of each token of ``generated`` (the new tokens only; as many rows
+        as the generate call had)."""
         steps = list(self._steps)
         if self._previous is not None and generated.shape[1] > len(steps):
             steps.append(self._previous.gather(1, generated[:, len(steps):len(steps) + 1]).squeeze(1))
@@ -62,6 +63,7 @@ def row_scores(generated: torch.Tensor, log_probs: torch.Tensor, end_at_once: to
     rows = []
     for i, (row, stop) in enumerate(zip(generated.tolist(), first_end.tolist(), strict=True)):
         scored = log_probs[i, : min(stop + 1, log_probs.shape[1])]
+        scored = scored[~scored.isnan()]  # positions that are padding, not the row's own tokens
         rows.append(RowScores(tokens=row[:stop], avg_logprob=round(float(scored.mean()), 4) if len(scored) else 0.0,
                               no_speech_prob=round(float(end_at_once[i]), 4)))
     return rows

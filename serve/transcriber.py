@@ -201,7 +201,9 @@ def _piece(segment: Segment, result: SegmentResult, params: TranscriptionParams)
     text = clean_parts(result.parts, opencc=params.opencc)
     words = result.words
     if words is not None:
-        words = tuple(word.shifted(segment.start) for word in words)
+        # Times in the clip, which starts a little before the speech (its padding): onto the file's time line,
+        # inside the segment's speech.
+        words = tuple(word.shifted(segment.audio_start).within(segment.start, segment.end) for word in words)
         if params.opencc:
             opencc = params.opencc
             words = words_onto(clean_parts(result.parts), text, words, lambda t: to_traditional(t, opencc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,30 +23,41 @@ class Word:
     def shifted(self, seconds: float) -> Word:
         return Word(self.word, round(self.start + seconds, 3), round(self.end + seconds, 3))
 
+    def within(self, start: float, end: float) -> Word:
+        """The word with its times held inside [start, end]."""
+        begin = min(max(self.start, start), end)
+        return Word(self.word, begin, min(max(self.end, begin), end))
+
+
+def _kept(char: str) -> bool:
+    """The characters the aligner keeps of a text's words (transformers' Qwen3-ASR processor keeps letters,
+    digits and apostrophes; CJK ideographs are letters)."""
+    return char == "'" or unicodedata.category(char)[0] in "LN"
+
+
+# How far past the expected place a word may be found: words come in order, and a word the aligner split
+# differently (Japanese, Korean) or that conversion changed is found a little later or not at all.
+_WORD_SLACK = 16
+
 
 def word_spans(text: str, words: tuple[Word, ...]) -> list[tuple[int, int] | None]:
-    """Where each word lies in ``text``: the aligner's words are the letters, digits and apostrophes of the
-    text's words, in order, so each is found as a subsequence from where the last one ended (None: lost)."""
+    """Where each word lies in ``text`` (start, end), or None where it cannot be found.
+
+    The aligner's words are the kept characters of the text's words, in order: each is looked for in the
+    text's kept characters from where the last one ended (a few characters of slack), never further, so
+    that one word that is not there cannot throw the words after it off."""
+    positions = [i for i, char in enumerate(text) if _kept(char)]
+    kept = "".join(text[i] for i in positions)
     spans: list[tuple[int, int] | None] = []
     cursor = 0
     for word in words:
-        start = text.find(word.word, cursor)
-        if start >= 0:
-            spans.append((start, start + len(word.word)))
-            cursor = start + len(word.word)
-            continue
-        position, first = cursor, None
-        for char in word.word:
-            position = text.find(char, position)
-            if position < 0:
-                break
-            first = position if first is None else first
-            position += 1
-        if position < 0 or first is None:
+        target = "".join(char for char in word.word if _kept(char))
+        found = kept.find(target, cursor, cursor + len(target) + _WORD_SLACK) if target else -1
+        if found < 0:
             spans.append(None)
-        else:
-            spans.append((first, position))
-            cursor = position
+            continue
+        spans.append((positions[found], positions[found + len(target) - 1] + 1))
+        cursor = found + len(target)
     return spans
 
 

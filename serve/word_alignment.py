@@ -17,12 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from .generation import SegmentResult
 from .language_id import detect
+from .model_manager import free_accelerator_memory
 from .text import clean_parts
 from .transcript import Word, word_spans
 
@@ -42,8 +44,11 @@ class Aligner(Protocol):
 class AlignerSlot:
     """The aligner for the GPU's owner thread: loaded on first use, closed with the model."""
 
-    def __init__(self, loader: Callable[[], Aligner] | None) -> None:
+    def __init__(self, loader: Callable[[], Aligner] | None, *, locate: Callable[[], Path] | None = None) -> None:
+        """``loader`` loads the aligner (None: word times are off); ``locate`` finds or downloads its checkpoint
+        (run by :meth:`prepare`, on the thread that loads the model, so the GPU's thread never downloads)."""
         self._loader = loader
+        self._locate = locate
         self._aligner: Aligner | None = None
         self._lock = threading.Lock()  # /health reads the state from other threads
         self.last_error: str | None = None
@@ -69,6 +74,18 @@ class AlignerSlot:
         """What /health shows."""
         return {"configured": self.configured, "loaded": self.loaded,
                 "memory_gb": round(self.memory_bytes() / 1024**3, 3), "error": self.last_error}
+
+    def prepare(self) -> int:
+        """Find (or download) the checkpoint before it is needed; return the bytes its weights will take (0 when
+        there is none or it cannot be found: the first use then says why)."""
+        if self._locate is None or self._aligner is not None:
+            return 0
+        try:
+            path = self._locate()
+        except Exception as exc:  # reported by the first segment that asks for word times
+            log.error("the aligner's checkpoint is not available: %s", exc)
+            return 0
+        return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
     def get(self) -> tuple[Aligner | None, str | None]:
         """The aligner, loading it if needed; else None and why there is none."""
@@ -106,18 +123,24 @@ class AlignerSlot:
         for lang in dict.fromkeys(languages):
             group = [i for i, other in enumerate(languages) if other == lang]
             reason = aligner.unsupported(lang)
-            if reason is None:
-                try:
-                    words = aligner.align([clips[i] for i in group], [texts[i] for i in group], lang)
-                except Exception as exc:  # word times are an extra: never fail the transcript
-                    log.exception("aligning %d segment(s) failed", len(group))
-                    reason = f"alignment failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                else:
-                    for i, segment_words in zip(group, words, strict=True):
-                        aligned[i] = results[i].aligned(tuple(segment_words))
-                    continue
-            for i in group:
-                aligned[i] = results[i].aligned(None, f"no word times: {reason}")
+            if reason is not None:
+                for i in group:
+                    aligned[i] = results[i].aligned(None, f"no word times: {reason}")
+                continue
+            words, failure = _try_align(aligner, [clips[i] for i in group], [texts[i] for i in group], lang)
+            if words is None and len(group) > 1:
+                # One call for the group failed (out of memory, a bad clip): each segment alone, so that only
+                # the one at fault goes without words.
+                log.warning("aligning %d segments together failed (%s): aligning them one by one", len(group),
+                            failure)
+                singles = [_try_align(aligner, [clips[i]], [texts[i]], lang) for i in group]
+                for i, (one, why) in zip(group, singles, strict=True):
+                    aligned[i] = results[i].aligned(tuple(one[0]), None) if one is not None else \
+                        results[i].aligned(None, f"no word times: alignment failed: {why}")
+                continue
+            for n, i in enumerate(group):
+                aligned[i] = results[i].aligned(tuple(words[n]), None) if words is not None else \
+                    results[i].aligned(None, f"no word times: alignment failed: {failure}")
         self.segments_aligned += len(results)
         self.align_seconds += time.monotonic() - started
         return aligned
@@ -128,6 +151,19 @@ class AlignerSlot:
             aligner, self._aligner = self._aligner, None
         if aligner is not None:
             aligner.close()
+
+
+def _try_align(aligner: Aligner, clips: list[np.ndarray], texts: list[str], language: str
+               ) -> tuple[list[list[Word]] | None, str | None]:
+    """The aligner's words, or None and why not. The exception (and the tensors its traceback holds) is gone
+    when this returns, so a retry has the memory back."""
+    try:
+        return aligner.align(clips, texts, language), None
+    except Exception as exc:  # word times are an extra: never fail the transcript
+        log.exception("aligning %d segment(s) failed", len(clips))
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    free_accelerator_memory()
+    return None, reason
 
 
 def _language_of(text: str) -> str:

@@ -177,6 +177,9 @@ def test_word_level_vtt_parses_and_times_each_word_inside_its_cue() -> None:
         assert stamps and stamps == sorted(stamps) and all(start < t < end for t in stamps)
         assert re.sub(r"<[^>]+>", "", caption.raw_text) == caption.text  # the words, unchanged
     assert "<00:00:10.500>word1" in text
+    escaped = to_vtt(Transcript((Piece(0, 2, "a <b> & c", words=(Word("a", 0, 0.5), Word("b", 0.6, 1.0),
+                                                                   Word("c", 1.2, 1.5))),), 2.0), word_level=True)
+    assert "a &lt;<00:00:00.600>b&gt; &amp; <00:00:01.200>c" in escaped
 
 
 def test_verbose_json_carries_token_scores_and_words_when_asked() -> None:
@@ -191,4 +194,5 @@ def test_verbose_json_carries_token_scores_and_words_when_asked() -> None:
     assert "tokens" not in second  # a transcript stored before scores were kept: nothing invented
     assert body["words"] == [{"word": "hello", "start": 0.1, "end": 0.5}, {"word": "there", "start": 0.6, "end": 1.0}]
     assert "words" not in to_verbose_json(Transcript((scored,), 2.0), language="english", temperature=0.0)
-    assert to_segments(Transcript((scored,), 2.0))[0]["words"] == body["words"]
+    assert to_segments(Transcript((scored,), 2.0), words=True)[0]["words"] == body["words"]
+    assert "words" not in to_segments(Transcript((scored,), 2.0))[0]

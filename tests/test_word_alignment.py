@@ -114,3 +114,39 @@ def test_times_move_onto_the_converted_text_unchanged(config: str) -> None:
     # Every character of the converted text (but punctuation) is in exactly one word, in order.
     assert "".join(w.word for w in moved) == converted.replace("，", "").replace("。", "")
     assert [s is not None for s in word_spans(converted, moved)] == [True] * len(words)
+
+
+def test_a_word_that_is_not_where_expected_does_not_throw_the_rest_off() -> None:
+    text = "The U.S. economy grew. The US dollar fell."
+    words = tuple(Word(w, 0, 0) for w in ("The", "US", "economy", "missing", "grew", "The", "US", "dollar", "fell"))
+    assert [text[a:b] if (a, b) != (0, 0) else None for span in word_spans(text, words)
+            for a, b in [span or (0, 0)]] == ["The", "U.S", "economy", None, "grew", "The", "US", "dollar", "fell"]
+
+
+def test_a_batch_that_fails_together_is_aligned_one_segment_at_a_time() -> None:
+    class FailsOnTwo(ScriptedAligner):
+        """Test double: a call with more than one clip, or with the text "bad", raises (out of memory)."""
+
+        def align(self, clips, texts, language="auto"):  # type: ignore[no-untyped-def]
+            if len(clips) > 1 or texts == ["bad"]:
+                self.calls.append((texts, language))
+                raise RuntimeError("CUDA out of memory")
+            return super().align(clips, texts, language)
+
+    aligner = FailsOnTwo()
+    out = AlignerSlot(lambda: aligner).align(CLIPS + CLIPS[:1], results("good one", "bad", "fine"), "en")
+    assert [len(call[0]) for call in aligner.calls] == [3, 1, 1, 1]
+    assert out[0].words and out[2].words and out[1].words is None
+    assert out[1].alignment_note == "no word times: alignment failed: CUDA out of memory"
+
+
+def test_the_checkpoint_is_found_before_the_gpu_thread_needs_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1234)
+    located = []
+    slot = AlignerSlot(lambda: ScriptedAligner(), locate=lambda: located.append(1) or tmp_path)
+    assert slot.prepare() == 1234 and located == [1]  # the weights' size: room the batch size leaves for them
+
+    def missing():  # type: ignore[no-untyped-def]
+        raise OSError("not found locally, and --local-model forbids a download")
+
+    assert AlignerSlot(lambda: ScriptedAligner(), locate=missing).prepare() == 0

@@ -31,10 +31,9 @@ from rq import Queue, SimpleWorker, get_current_job
 from ..config import Settings
 from ..errors import failure_of
 from ..generation import GenerationOptions
-from ..local import MODEL_NAME, aligner_loader, close_runner, engine_loader
+from ..local import MODEL_NAME, aligner_slot, close_runner, engine_loader
 from ..model_manager import ModelManager, gpu_memory_bytes
 from ..scheduler import FairScheduler
-from ..word_alignment import AlignerSlot
 from .cluster import WORKER_NAMES, heartbeat_key
 from .redis_store import RedisJobStore, patiently
 from .tasks import FAILURE_META, QUEUE, pieces_key
@@ -208,7 +207,7 @@ def run(settings: Settings) -> None:
     # RQ gives its own connection a socket timeout longer than its blocking wait on the queue.
     client = redis.Redis.from_url(settings.redis_url, password=settings.redis_password, health_check_interval=10)  # type: ignore[arg-type]
     scheduler = FairScheduler()
-    aligner = AlignerSlot(aligner_loader(settings))
+    aligner = aligner_slot(settings)
     models = ModelManager(engine_loader(settings, scheduler, aligner), unloader=close_runner,
                           idle_timeout=settings.idle_timeout, name=MODEL_NAME)
     patiently(lambda: _claim(client, name))

@@ -80,15 +80,17 @@ def attachment(job: Job, extension: str, *, word_level: bool = False) -> Respons
     response = send_file(io.BytesIO(body), mimetype=MIMETYPES[extension])
     note = formats.word_timestamps_note(transcript)
     if note and extension in ("srt", "vtt"):
-        response.headers["X-Word-Timestamps-Note"] = _header_safe(note)
+        response.headers["X-Word-Timestamps-Note"] = header_safe(note)
     response.headers["Content-Disposition"] = content_disposition(download_name(job.filename, extension))
     response.headers["X-Output-File"] = job.output_file or ""
     return response
 
 
-def transcript_json(job: Job) -> dict[str, Any]:
-    """The native JSON answer for a finished job (the guide's fields, plus segments)."""
+def transcript_json(job: Job, *, words: bool = False) -> dict[str, Any]:
+    """The native JSON answer for a finished job (the guide's fields, plus segments, with their words when the
+    job asked for word timestamps, or ``words``)."""
     transcript = Transcript.from_dict(job.result or {"pieces": [], "duration": 0})
+    words = words or bool(job.params.get("word_timestamps"))
     return {
         "status": "success",
         "transcription": transcript.text,
@@ -99,12 +101,12 @@ def transcript_json(job: Job) -> dict[str, Any]:
         "duration": round(transcript.duration, 3),
         # The ISO code the request named, else the one detected from the text (null when unsure)
         "language": transcript_language(job.params.get("language", "auto"), transcript.text),
-        "segments": formats.to_segments(transcript),
-        **({"word_timestamps_note": note} if (note := formats.word_timestamps_note(transcript)) else {}),
+        "segments": formats.to_segments(transcript, words=words),
+        **({"word_timestamps_note": note} if words and (note := formats.word_timestamps_note(transcript)) else {}),
         **({"output_error": job.output_error} if job.output_error else {}),
     }
 
 
-def _header_safe(text: str) -> str:
+def header_safe(text: str) -> str:
     """A header value: ASCII on one line (notes may quote a language's or a file's name)."""
     return " ".join(text.encode("ascii", "replace").decode().split())[:500]

@@ -56,7 +56,8 @@ def job_result(job_id: str):  # type: ignore[no-untyped-def]
       parameters:
         - JobId
         - {name: format, in: query, schema: {type: string, enum: [txt, json, srt, vtt], default: json}}
-        - {name: words, in: query, description: "vtt: each word's start inside its cue (word timestamps)",
+        - {name: words, in: query, description: "json: each segment's words; vtt: each word's start inside its
+             cue (for a job that was aligned: word_timestamps, or an async job on a server with an aligner)",
            schema: {type: boolean, default: false}}
       responses:
         200:
@@ -78,9 +79,10 @@ def job_result(job_id: str):  # type: ignore[no-untyped-def]
     job = _job(job_id)
     if job.status is not JobStatus.COMPLETED:
         raise Conflict(f"job {job_id} has no result: it is {job.status.value}", param="job_id")
+    words = request.args.get("words", "").lower() in ("1", "true", "yes")
     if wanted == "json":
-        return jsonify(transcript_json(job))
-    return attachment(job, wanted, word_level=request.args.get("words", "").lower() in ("1", "true", "yes"))
+        return jsonify(transcript_json(job, words=words))
+    return attachment(job, wanted, word_level=words)
 
 
 @bp.get("/jobs")

@@ -23,6 +23,7 @@ from ..params import parse_params
 from ..services import services
 from ..text import separator
 from ..transcript import Transcript
+from .common import header_safe
 from .transcribe import client_disconnected, submit_upload, wait_for
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -162,7 +163,11 @@ def create_transcription():  # type: ignore[no-untyped-def]
                                                words=words))
     output_format = {"text": "txt"}.get(response_format, response_format)
     mimetype = "text/vtt" if response_format == "vtt" else "text/plain"
-    return Response(formats.render(output_format, transcript, word_level=words), mimetype=mimetype)
+    response = Response(formats.render(output_format, transcript, word_level=words), mimetype=mimetype)
+    note = formats.word_timestamps_note(transcript)
+    if note and output_format in ("srt", "vtt"):
+        response.headers["X-Word-Timestamps-Note"] = header_safe(note)
+    return response
 
 
 def _event(payload: dict) -> str:

@@ -95,7 +95,8 @@ def test_an_async_job_s_result_in_every_format(server: Server, audio_dir: Path, 
     while requests.get(f"{server.url}/status/{job}", timeout=10).json()["status"] != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    result = requests.get(f"{server.url}/result/{job}", timeout=10).json()
+    assert all("words" not in s for s in requests.get(f"{server.url}/result/{job}", timeout=10).json()["segments"])
+    result = requests.get(f"{server.url}/result/{job}?words=true", timeout=10).json()
     for segment in result["segments"]:  # aligned by default: a job's result may be fetched as subtitles
         check_words(segment, split_words)
     assert list(srt.parse(requests.get(f"{server.url}/result/{job}?format=srt", timeout=10).text,
