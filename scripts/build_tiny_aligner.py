@@ -61,25 +61,19 @@ ALIGNER_CHAT_TEMPLATE = (
 LABELS = 5000  # the published classify_num: 5000 steps of 80 ms, 400 s
 
 
-def build_aligner(out_dir: Path, seed: int = 1234) -> Path:
-    """Build the tiny aligner under ``out_dir``; return its path."""
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen3ASRConfig,
-        Qwen3ASRFeatureExtractor,
-        Qwen3ASRForTokenClassification,
-        Qwen3ASRProcessor,
-    )
+def tiny_qwen3_asr(special_tokens: list[str], **config: object) -> tuple[object, object, dict[str, int]]:
+    """(tokenizer, Qwen3ASRConfig, special token ids) of a tiny Qwen3-ASR-family checkpoint: the published
+    audio encoder geometry with tiny widths, a small Qwen3 decoder, a byte-level BPE with ``special_tokens``;
+    ``config`` adds the family member's own fields (architectures, labels, token ids)."""
+    from transformers import PreTrainedTokenizerFast, Qwen3ASRConfig
 
-    out = Path(out_dir) / TINY_ALIGNER_NAME
-    out.mkdir(parents=True, exist_ok=True)
-    bpe = build_tiny_checkpoints.train_bpe(SPECIAL_TOKENS)
-    ids = {token: bpe.token_to_id(token) for token in SPECIAL_TOKENS}
+    bpe = build_tiny_checkpoints.train_bpe(special_tokens)
+    ids = {token: bpe.token_to_id(token) for token in special_tokens}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens={"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
                               "audio_eos_token": "<|audio_end|>"})
-    config = Qwen3ASRConfig(
+    qwen3_asr_config = Qwen3ASRConfig(
         # The published encoder's fixed geometry (128 mel bins, 100-frame windows of 13 positions), tiny widths.
         audio_config={"num_mel_bins": 128, "d_model": 32, "encoder_layers": 1, "num_attention_heads": 2,
                       "num_key_value_heads": 2, "encoder_ffn_dim": 64, "output_dim": 64,
@@ -90,10 +84,22 @@ def build_aligner(out_dir: Path, seed: int = 1234) -> Path:
                      "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
                      "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
                      "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False},
-        audio_token_id=ids["<|audio_pad|>"], timestamp_token_id=ids["<timestamp>"], timestamp_segment_time=80,
-        num_labels=LABELS, architectures=["Qwen3ASRForTokenClassification"], tie_word_embeddings=False,
+        audio_token_id=ids["<|audio_pad|>"], tie_word_embeddings=False,
         pad_token_id=ids["<|endoftext|>"], eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
+        **{key: (ids[value] if isinstance(value, str) and value in ids else value) for key, value in config.items()},
     )
+    return tokenizer, qwen3_asr_config, ids
+
+
+def build_aligner(out_dir: Path, seed: int = 1234) -> Path:
+    """Build the tiny aligner under ``out_dir``; return its path."""
+    from transformers import Qwen3ASRFeatureExtractor, Qwen3ASRForTokenClassification, Qwen3ASRProcessor
+
+    out = Path(out_dir) / TINY_ALIGNER_NAME
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer, config, _ids = tiny_qwen3_asr(SPECIAL_TOKENS, timestamp_token_id="<timestamp>",
+                                             timestamp_segment_time=80, num_labels=LABELS,
+                                             architectures=["Qwen3ASRForTokenClassification"])
     torch.manual_seed(seed)
     Qwen3ASRForTokenClassification(config).to(torch.bfloat16).save_pretrained(out)
     Qwen3ASRProcessor(feature_extractor=Qwen3ASRFeatureExtractor(), tokenizer=tokenizer,
