@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -30,6 +31,24 @@ def local_candidates(checkpoint: str, models_dir: Path, app_dir: Path) -> list[P
         if path not in unique:
             unique.append(path)
     return unique
+
+
+QWEN3_ASR_ARCHITECTURE = "Qwen3ASRForConditionalGeneration"  # the forced aligner shares its config class only
+
+
+def is_qwen3_asr(path: Path) -> bool:
+    """Whether the checkpoint folder at ``path`` holds Qwen3-ASR (by its config's ``architectures``); a
+    folder that is not there yet (downloaded on first use) reads as the default family, Qwen2.5-Omni."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return QWEN3_ASR_ARCHITECTURE in (config.get("architectures") or [])
+
+
+def local_checkpoint(checkpoint: str, models_dir: Path, app_dir: Path) -> Path | None:
+    """The local folder holding ``checkpoint``, if there is one (never downloads)."""
+    return next((path for path in local_candidates(checkpoint, models_dir, app_dir) if _is_checkpoint(path)), None)
 
 
 def resolve_checkpoint(checkpoint: str, *, local_only: bool, models_dir: Path, app_dir: Path) -> Path:

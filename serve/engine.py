@@ -306,17 +306,8 @@ class QwenOmniEngine:
         room = self._max_positions - prompt_tokens
         if room < 1:
             raise ValueError("the audio segment is too long for the model's context")
-        settings: dict[str, Any] = {
-            "max_new_tokens": min(options.max_new_tokens, room),
-            "repetition_penalty": options.repetition_penalty,
-            "eos_token_id": self._stop_ids,
-            "pad_token_id": self._pad_id,
-        }
-        if options.temperature > 0:
-            settings.update(do_sample=True, temperature=options.temperature, top_k=0, top_p=1.0)
-        else:
-            settings.update(do_sample=False)
-        return GenerationConfig(**settings)
+        return generation_config(options, self._stop_ids, self._pad_id,
+                                 max_new_tokens=min(options.max_new_tokens, room))
 
     def transcribe(self, samples: np.ndarray, options: GenerationOptions) -> str:
         """The raw transcript of one segment of 16 kHz mono float32 audio."""
@@ -352,14 +343,8 @@ class QwenOmniEngine:
         except torch.OutOfMemoryError as exc:
             out_of_memory = str(exc).splitlines()[0] if str(exc) else "out of memory"
         if out_of_memory is not None:
-            # Out of the except block, the error and its traceback are gone, and with them the failed attempt's
-            # KV cache and activations: only now can the cache be emptied, and the exception raised carries
-            # no reference to them (no __cause__, no __context__) while the batch is retried smaller.
             del inputs
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise EngineOutOfMemory(out_of_memory)
+            raise out_of_memory_after_release(out_of_memory)
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [SegmentResult(parts=(text,), tokens=tuple(row.tokens), avg_logprob=row.avg_logprob,
                               no_speech_prob=row.no_speech_prob) for text, row in zip(texts, rows, strict=True)]
@@ -484,6 +469,32 @@ class QwenOmniEngine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def generation_config(options: GenerationOptions, stop_ids: list[int], pad_id: int, *,
+                      max_new_tokens: int) -> GenerationConfig:
+    """``generate``'s settings for a request's options: each row stops at its own end token; sampling at the
+    request's temperature over the whole vocabulary, or greedy at 0."""
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "repetition_penalty": options.repetition_penalty,
+                                "eos_token_id": stop_ids, "pad_token_id": pad_id}
+    if options.temperature > 0:
+        settings.update(do_sample=True, temperature=options.temperature, top_k=0, top_p=1.0)
+    else:
+        settings.update(do_sample=False)
+    return GenerationConfig(**settings)
+
+
+def out_of_memory_after_release(message: str) -> EngineOutOfMemory:
+    """The engine's out-of-memory signal, once the failed attempt's memory is back.
+
+    Call it out of the ``except`` block, with the caller's inputs dropped: the error and its traceback are
+    gone, and with them the attempt's KV cache and activations, so only now can the cache be emptied, and
+    the exception carries no reference to them (no __cause__, no __context__) while the batch is retried
+    smaller."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return EngineOutOfMemory(message)
 
 
 def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:

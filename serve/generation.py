@@ -47,7 +47,9 @@ class GenerationOptions:
     max_new_tokens: int = 8192
     temperature: float = 0.1  # 0 = greedy
     repetition_penalty: float = 1.1
-    instruction: str = DEFAULT_INSTRUCTION
+    instruction: str = DEFAULT_INSTRUCTION  # Qwen2.5-Omni's user turn (from the language and the prompt)
+    language: str = "auto"  # the request's language and context prompt, for engines that take them apart
+    prompt: str = ""
     # After generating, align the transcript's words to the audio in this language (an ISO code of
     # serve.languages, or "auto"); None: no word times.
     align: str | None = None
@@ -71,6 +73,7 @@ class SegmentResult:
     no_speech_prob: float | None = None
     words: tuple[Word, ...] | None = None
     alignment_note: str | None = None
+    language: str | None = None  # the language the model says it heard (ISO code), for models that say
 
     @classmethod
     def joined(cls, results: list[SegmentResult]) -> SegmentResult:
@@ -88,6 +91,7 @@ class SegmentResult:
             # The segment is silent only if every part is: the least of the parts' probabilities.
             no_speech_prob=min(r.no_speech_prob for r in results if r.no_speech_prob is not None)
             if any(r.no_speech_prob is not None for r in results) else None,
+            language=next((r.language for r in results if r.language), None),
         )
 
     def aligned(self, words: tuple[Word, ...] | None, note: str | None = None) -> SegmentResult:
@@ -98,7 +102,7 @@ class SegmentResult:
         return {"parts": list(self.parts), "tokens": None if self.tokens is None else list(self.tokens),
                 "avg_logprob": self.avg_logprob, "no_speech_prob": self.no_speech_prob,
                 "words": None if self.words is None else [w.to_dict() for w in self.words],
-                "alignment_note": self.alignment_note}
+                "alignment_note": self.alignment_note, "language": self.language}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentResult:
@@ -106,4 +110,4 @@ class SegmentResult:
         return cls(parts=tuple(data["parts"]), tokens=None if tokens is None else tuple(tokens),
                    avg_logprob=data.get("avg_logprob"), no_speech_prob=data.get("no_speech_prob"),
                    words=None if words is None else tuple(Word(w["word"], w["start"], w["end"]) for w in words),
-                   alignment_note=data.get("alignment_note"))
+                   alignment_note=data.get("alignment_note"), language=data.get("language"))

@@ -1,10 +1,11 @@
 """The language of a transcript, when the request did not name one: what OpenAI's answers report.
 
-The model is asked to transcribe, not to say which language it heard, so the language is identified from
-the transcript it wrote: py3langid (a maintained port of langid.py, a naive Bayes model over byte n-grams),
-limited to the languages requests may name. It is reliable for a sentence or more of text in one language
-(0.99+ on the test sentences) and guesses on a word or two: below ``MIN_CONFIDENCE`` the language is
-reported as unknown. Cantonese reads as Chinese (langid.py has no Cantonese).
+Qwen3-ASR names the language it heard, and that is what is reported. Qwen2.5-Omni is asked to transcribe,
+not to say which language it heard, so for it the language is identified from the transcript it wrote:
+py3langid (a maintained port of langid.py, a naive Bayes model over byte n-grams), limited to the languages
+requests may name. It is reliable for a sentence or more of text in one language (0.99+ on the test
+sentences) and guesses on a word or two: below ``MIN_CONFIDENCE`` the language is reported as unknown.
+Cantonese reads as Chinese (langid.py has no Cantonese).
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ def detect(text: str) -> str | None:
     return code if confidence >= MIN_CONFIDENCE else None
 
 
-def transcript_language(requested: str, text: str) -> str | None:
-    """The language to report for a transcript: the one the request named, else the detected one."""
-    return requested if requested != "auto" else detect(text)
+def transcript_language(requested: str, text: str, heard: str | None = None) -> str | None:
+    """The language to report for a transcript: the one the request named, else the one the model said it
+    heard (Qwen3-ASR names it), else the one identified from the text."""
+    if requested != "auto":
+        return requested
+    return heard or detect(text)
 
 
 def openai_name(code: str | None) -> str:

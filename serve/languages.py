@@ -12,3 +12,7 @@ LANGUAGES = {
     "hi": "Hindi", "id": "Indonesian", "th": "Thai", "vi": "Vietnamese", "tr": "Turkish", "nl": "Dutch",
     "pl": "Polish", "sv": "Swedish", "ms": "Malay", "uk": "Ukrainian", "cs": "Czech", "fi": "Finnish",
 }
+
+# The languages Qwen3-ASR transcribes, of those above (transformers' LANGUAGE_CODE_TO_NAME of its processor,
+# which imports torch; tests/test_qwen3_asr.py keeps this in step with it).
+QWEN3_ASR_LANGUAGES = frozenset(LANGUAGES) - {"uk"}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from .checkpoint import is_qwen3_asr, local_checkpoint
 from .config import (
+    APP_DIR,
     MAX_NEW_TOKENS_LIMIT,
     MAX_REPETITION_PENALTY,
     MAX_SEGMENT_SECONDS,
@@ -14,7 +16,7 @@ from .config import (
     Settings,
 )
 from .errors import InvalidParameter
-from .languages import LANGUAGES
+from .languages import LANGUAGES, QWEN3_ASR_LANGUAGES
 from .transcriber import TranscriptionParams
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -86,8 +88,18 @@ def _choice(form: Mapping[str, str], name: str, choices: tuple[str, ...] | list[
     return value
 
 
-def parse_language(form: Mapping[str, str]) -> str:
-    return _choice(form, "language", ["auto", *LANGUAGES], "auto") or "auto"
+def parse_language(form: Mapping[str, str], defaults: Settings | None = None) -> str:
+    language = _choice(form, "language", ["auto", *LANGUAGES], "auto") or "auto"
+    if language != "auto" and language not in QWEN3_ASR_LANGUAGES and defaults is not None and \
+            _serves_qwen3_asr(defaults):
+        raise InvalidParameter(f"this server's model, Qwen3-ASR, does not transcribe {LANGUAGES[language]}: name "
+                               f"another language, or auto", param="language")
+    return language
+
+
+def _serves_qwen3_asr(settings: Settings) -> bool:
+    path = local_checkpoint(settings.checkpoint_path, settings.models_dir, APP_DIR)
+    return path is not None and is_qwen3_asr(path)
 
 
 def parse_prompt(form: Mapping[str, str]) -> str:
@@ -127,7 +139,7 @@ def parse_params(form: Mapping[str, str], defaults: Settings, *, align_by_defaul
         repetition_penalty=_number(form, "repetition_penalty", defaults.repetition_penalty, 0.0,
                                    MAX_REPETITION_PENALTY, low_inclusive=False),
         enable_s2t=enable_s2t,
-        language=parse_language(form),
+        language=parse_language(form, defaults),
         prompt=parse_prompt(form),
         opencc=opencc,
         align_words=align_words,

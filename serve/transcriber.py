@@ -75,6 +75,7 @@ class TranscriptionParams:
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                  repetition_penalty=self.repetition_penalty,
                                  instruction=instruction_for(self.language, self.prompt),
+                                 language=self.language, prompt=self.prompt,
                                  align=self.language if self.align_words else None)
 
 
@@ -209,4 +210,4 @@ def _piece(segment: Segment, result: SegmentResult, params: TranscriptionParams)
             words = words_onto(clean_parts(result.parts), text, words, lambda t: to_traditional(t, opencc))
     return Piece(start=segment.start, end=segment.end, text=text, tokens=result.tokens,
                  avg_logprob=result.avg_logprob, no_speech_prob=result.no_speech_prob, words=words,
-                 alignment_note=result.alignment_note)
+                 alignment_note=result.alignment_note, language=result.language)

@@ -78,9 +78,12 @@ class Piece:
     no_speech_prob: float | None = None
     words: tuple[Word, ...] | None = None
     alignment_note: str | None = None
+    language: str | None = None  # what the model said it heard (ISO code), for models that say
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"start": self.start, "end": self.end, "text": self.text}
+        if self.language:
+            data["language"] = self.language
         if self.tokens is not None:
             data.update(tokens=list(self.tokens), avg_logprob=self.avg_logprob, no_speech_prob=self.no_speech_prob)
         if self.words is not None:
@@ -97,7 +100,7 @@ class Piece:
                    tokens=tuple(tokens) if tokens is not None else None,
                    avg_logprob=data.get("avg_logprob"), no_speech_prob=data.get("no_speech_prob"),
                    words=tuple(Word(w["word"], w["start"], w["end"]) for w in words) if words is not None else None,
-                   alignment_note=data.get("alignment_note"))
+                   alignment_note=data.get("alignment_note"), language=data.get("language"))
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,15 @@ class Transcript:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Transcript:
         return cls(pieces=tuple(Piece.from_dict(p) for p in data["pieces"]), duration=data["duration"])
+
+    @property
+    def heard_language(self) -> str | None:
+        """The language the model said it heard most (by characters of text), if it said."""
+        weights: dict[str, int] = {}
+        for piece in self.pieces:
+            if piece.language:
+                weights[piece.language] = weights.get(piece.language, 0) + len(piece.text)
+        return max(weights, key=weights.__getitem__) if weights else None
 
     @property
     def alignment_notes(self) -> list[str]:

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_tiny_aligner  # noqa: E402
+import build_tiny_asr  # noqa: E402
 import build_tiny_checkpoints  # noqa: E402
 from local_redis import RedisServer  # noqa: E402
 
@@ -37,6 +38,12 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 def tiny_aligner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen3-ForcedAligner checkpoint in the published -hf layout, built once per session."""
     return build_tiny_aligner.build_aligner(tmp_path_factory.mktemp("aligner"))
+
+
+@pytest.fixture(scope="session")
+def tiny_asr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen3-ASR checkpoint in the published -hf layout, built once per session."""
+    return build_tiny_asr.build_asr(tmp_path_factory.mktemp("asr"))
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,8 @@ def transcript_json(job: Job, *, words: bool = False) -> dict[str, Any]:
         "filename": job.filename,
         "duration": round(transcript.duration, 3),
         # The ISO code the request named, else the one detected from the text (null when unsure)
-        "language": transcript_language(job.params.get("language", "auto"), transcript.text),
+        "language": transcript_language(job.params.get("language", "auto"), transcript.text,
+                                        transcript.heard_language),
         "segments": formats.to_segments(transcript, words=words),
         **({"word_timestamps_note": note} if words and (note := formats.word_timestamps_note(transcript)) else {}),
         **({"output_error": job.output_error} if job.output_error else {}),

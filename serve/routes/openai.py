@@ -158,7 +158,7 @@ def create_transcription():  # type: ignore[no-untyped-def]
     if response_format == "json":
         return jsonify(text=transcript.text, usage=formats.usage(transcript))
     if response_format == "verbose_json":
-        language = openai_name(transcript_language(params.language, transcript.text))
+        language = openai_name(transcript_language(params.language, transcript.text, transcript.heard_language))
         return jsonify(formats.to_verbose_json(transcript, language=language, temperature=params.temperature,
                                                words=words))
     output_format = {"text": "txt"}.get(response_format, response_format)

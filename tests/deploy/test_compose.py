@@ -33,6 +33,7 @@ def awq() -> dict:
 def test_each_profile_validates_and_selects_its_service(tmp_path: Path) -> None:
     assert list(compose_config("--profile", "awq")["services"]) == ["qwen2.5-omni-http-awq"]  # no redis.env needed
     assert list(compose_config("--profile", "fp16")["services"]) == ["qwen2.5-omni-http"]
+    assert list(compose_config("--profile", "asr")["services"]) == ["qwen3-asr-http"]
     scale = compose_config("--profile", "scale", env=with_redis_secret(tmp_path))["services"]
     assert sorted(scale) == ["api", "redis", "worker-0", "worker-1"]
     assert compose_config().get("services", {}) == {}  # no profile, nothing starts by accident
@@ -75,6 +76,16 @@ def test_fp16_profile_serves_the_full_precision_model() -> None:
     settings = parse_args(service["command"][2:])
     assert settings.checkpoint_path == "Qwen/Qwen2.5-Omni-7B" and settings.local_model
     assert service["ports"][0]["published"] == "5001"
+
+
+def test_asr_profile_serves_qwen3_asr_greedy_on_its_own_port() -> None:
+    service = compose_config("--profile", "asr")["services"]["qwen3-asr-http"]
+    settings = parse_args(service["command"][2:])
+    assert settings.checkpoint_path == "Qwen/Qwen3-ASR-1.7B-hf" and settings.local_model
+    assert settings.temperature == 0 and settings.repetition_penalty == 1.0  # its generation config: greedy
+    assert service["ports"][0]["published"] == "5002"
+    # Downloaded on the first start like the others (the image's entry point fetches --checkpoint-path).
+    assert "QWEN_OMNI_AUTO_DOWNLOAD=1" in " ".join(f"{k}={v}" for k, v in service["environment"].items())
 
 
 def test_guides_port_mapping_example(tmp_path: Path) -> None:
