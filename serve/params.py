@@ -97,6 +97,16 @@ def parse_language(form: Mapping[str, str], defaults: Settings | None = None) ->
     return language
 
 
+def _decoding_defaults(settings: Settings) -> tuple[float, float]:
+    """The server's temperature and repetition penalty. The guide's (0.1, 1.1) are Qwen2.5-Omni's; for
+    Qwen3-ASR, what its generation config says (greedy, no penalty), unless the server was given its own."""
+    temperature, penalty = settings.temperature, settings.repetition_penalty
+    if {"temperature", "repetition_penalty"} - settings.model_fields_set and _serves_qwen3_asr(settings):
+        temperature = temperature if "temperature" in settings.model_fields_set else 0.0
+        penalty = penalty if "repetition_penalty" in settings.model_fields_set else 1.0
+    return temperature, penalty
+
+
 def _serves_qwen3_asr(settings: Settings) -> bool:
     path = local_checkpoint(settings.checkpoint_path, settings.models_dir, APP_DIR)
     return path is not None and is_qwen3_asr(path)
@@ -131,12 +141,13 @@ def parse_params(form: Mapping[str, str], defaults: Settings, *, align_by_defaul
     align_words, word_timestamps = parse_word_timestamps(form, defaults, align_by_default=align_by_default,
                                                          asked=words_asked)
     opencc = _choice(form, "opencc", OPENCC_CONFIGS, defaults.opencc_config if enable_s2t else None)
+    temperature, repetition_penalty = _decoding_defaults(defaults)
     return TranscriptionParams(
         segment_duration=_number(form, "segment_duration", defaults.segment_duration,
                                  MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS),
         max_new_tokens=_integer(form, "max_new_tokens", defaults.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT),
-        temperature=_number(form, "temperature", defaults.temperature, 0.0, MAX_TEMPERATURE),
-        repetition_penalty=_number(form, "repetition_penalty", defaults.repetition_penalty, 0.0,
+        temperature=_number(form, "temperature", temperature, 0.0, MAX_TEMPERATURE),
+        repetition_penalty=_number(form, "repetition_penalty", repetition_penalty, 0.0,
                                    MAX_REPETITION_PENALTY, low_inclusive=False),
         enable_s2t=enable_s2t,
         language=parse_language(form, defaults),

@@ -68,3 +68,10 @@ def test_a_language_qwen3_asr_lacks_is_a_400(tiny_asr: Path, tmp_path: Path) -> 
         parse_params({"language": "uk"}, settings)
     assert parse_params({"language": "de"}, settings).language == "de"
     assert parse_params({"language": "uk"}, Settings(models_dir=tmp_path / "Qwen")).language == "uk"  # Omni's
+    # Greedy without a repetition penalty, as its generation config says, unless the server says otherwise.
+    params = parse_params({}, settings)
+    assert (params.temperature, params.repetition_penalty) == (0.0, 1.0)
+    own = Settings(checkpoint_path="Qwen/Qwen3-ASR-tiny", models_dir=tmp_path / "Qwen", temperature=0.3)
+    assert (parse_params({}, own).temperature, parse_params({}, own).repetition_penalty) == (0.3, 1.0)
+    omni = parse_params({}, Settings(models_dir=tmp_path / "Qwen"))
+    assert (omni.temperature, omni.repetition_penalty) == (0.1, 1.1)  # the guide's
