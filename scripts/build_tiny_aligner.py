@@ -61,14 +61,18 @@ ALIGNER_CHAT_TEMPLATE = (
 LABELS = 5000  # the published classify_num: 5000 steps of 80 ms, 400 s
 
 
-def tiny_qwen3_asr(special_tokens: list[str], **config: object) -> tuple[object, object, dict[str, int]]:
-    """(tokenizer, Qwen3ASRConfig, special token ids) of a tiny Qwen3-ASR-family checkpoint: the published
-    audio encoder geometry with tiny widths, a small Qwen3 decoder, a byte-level BPE with ``special_tokens``;
-    ``config`` adds the family member's own fields (architectures, labels, token ids)."""
+def tiny_qwen3_asr(special_tokens: list[str], text_tokens: tuple[str, ...] = (),
+                   **config: object) -> tuple[object, object, dict[str, int]]:
+    """(tokenizer, Qwen3ASRConfig, token ids) of a tiny Qwen3-ASR-family checkpoint: the published audio
+    encoder geometry with tiny widths, a small Qwen3 decoder, a byte-level BPE with ``special_tokens`` and
+    ``text_tokens`` (added tokens that decode as text, as the published tokenizer has <asr_text>); ``config``
+    adds the family member's own fields (architectures, labels, token ids)."""
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast, Qwen3ASRConfig
 
     bpe = build_tiny_checkpoints.train_bpe(special_tokens)
-    ids = {token: bpe.token_to_id(token) for token in special_tokens}
+    bpe.add_tokens([AddedToken(token, special=False, normalized=False) for token in text_tokens])
+    ids = {token: bpe.token_to_id(token) for token in [*special_tokens, *text_tokens]}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens={"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",

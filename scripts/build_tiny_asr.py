@@ -14,7 +14,7 @@ It copies the layout of the published ``Qwen/Qwen3-ASR-1.7B-hf`` and ``-0.6B-hf`
                              the assistant turn the language is forced in ("language English<asr_text>")
     tokenizer.json, tokenizer_config.json
                              byte-level BPE with the model's special tokens (<|audio_start|>, <|audio_pad|>,
-                             <|audio_end|>, <asr_text>)
+                             <|audio_end|>) and <asr_text>, an added token that is not special (as published)
 
 The same tiny widths as the aligner's builder (one family). Random weights give random text: tests check
 the plumbing, never the words.
@@ -37,7 +37,9 @@ from build_tiny_aligner import tiny_qwen3_asr
 TINY_ASR_NAME = "Qwen3-ASR-tiny"
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>",
-                  "<|audio_pad|>", "<asr_text>"]
+                  "<|audio_pad|>"]
+# Added but not special, as published: it survives skip_special_tokens, and the parser splits on it.
+TEXT_TOKENS = ("<asr_text>",)
 
 # ASR_CHAT_TEMPLATE of transformers' convert_qwen3_asr_to_hf.py (the published -hf template), without the
 # training-only {% generation %} markers.
@@ -77,7 +79,8 @@ def build_asr(out_dir: Path, seed: int = 1234) -> Path:
 
     out = Path(out_dir) / TINY_ASR_NAME
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer, config, ids = tiny_qwen3_asr(SPECIAL_TOKENS, architectures=["Qwen3ASRForConditionalGeneration"])
+    tokenizer, config, ids = tiny_qwen3_asr(SPECIAL_TOKENS, TEXT_TOKENS,
+                                            architectures=["Qwen3ASRForConditionalGeneration"])
     torch.manual_seed(seed)
     model = Qwen3ASRForConditionalGeneration(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(eos_token_id=(ids["<|endoftext|>"], ids["<|im_end|>"]),

@@ -37,18 +37,39 @@ QWEN3_ASR_ARCHITECTURE = "Qwen3ASRForConditionalGeneration"  # the forced aligne
 
 
 def is_qwen3_asr(path: Path) -> bool:
-    """Whether the checkpoint folder at ``path`` holds Qwen3-ASR (by its config's ``architectures``); a
-    folder that is not there yet (downloaded on first use) reads as the default family, Qwen2.5-Omni."""
+    """Whether the checkpoint folder at ``path`` holds Qwen3-ASR (by its config's ``architectures``)."""
+    return _declares_qwen3_asr(Path(path) / "config.json")
+
+
+def _declares_qwen3_asr(config_path: Path) -> bool:
     try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return QWEN3_ASR_ARCHITECTURE in (config.get("architectures") or [])
 
 
-def local_checkpoint(checkpoint: str, models_dir: Path, app_dir: Path) -> Path | None:
-    """The local folder holding ``checkpoint``, if there is one (never downloads)."""
-    return next((path for path in local_candidates(checkpoint, models_dir, app_dir) if _is_checkpoint(path)), None)
+def checkpoint_config(checkpoint: str, models_dir: Path, app_dir: Path) -> Path | None:
+    """The config.json of ``checkpoint`` where the loader will find it: a local folder, else the hub cache
+    (a checkpoint downloaded there on an earlier load); None when it is in neither yet. Never downloads."""
+    local = next((path for path in local_candidates(checkpoint, models_dir, app_dir) if _is_checkpoint(path)), None)
+    if local is not None:
+        return local / "config.json"
+    if Path(checkpoint).expanduser().is_absolute():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id=checkpoint, filename="config.json")
+    except Exception:  # not a repository id (a relative folder that is not there): nothing cached
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def declares_qwen3_asr(checkpoint: str, models_dir: Path, app_dir: Path) -> bool | None:
+    """Whether ``checkpoint`` is Qwen3-ASR; None while its config is nowhere to read (not downloaded yet)."""
+    config = checkpoint_config(checkpoint, models_dir, app_dir)
+    return None if config is None else _declares_qwen3_asr(config)
 
 
 def resolve_checkpoint(checkpoint: str, *, local_only: bool, models_dir: Path, app_dir: Path) -> Path:

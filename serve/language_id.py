@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .languages import LANGUAGES
+from .languages import LANGUAGES, QWEN3_ASR_OTHER_LANGUAGES
 
 MIN_CONFIDENCE = 0.5
 MIN_CHARACTERS = 6  # "hello" alone scores 0.25 for Finnish
@@ -47,4 +47,5 @@ def transcript_language(requested: str, text: str, heard: str | None = None) -> 
 
 def openai_name(code: str | None) -> str:
     """OpenAI's form: the language's English name in lower case ("english", "chinese"), or "unknown"."""
-    return LANGUAGES[code].lower() if code in LANGUAGES else "unknown"
+    names = {**LANGUAGES, **QWEN3_ASR_OTHER_LANGUAGES}
+    return names[code].lower() if code in names else "unknown"

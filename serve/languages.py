@@ -16,3 +16,6 @@ LANGUAGES = {
 # The languages Qwen3-ASR transcribes, of those above (transformers' LANGUAGE_CODE_TO_NAME of its processor,
 # which imports torch; tests/test_qwen3_asr.py keeps this in step with it).
 QWEN3_ASR_LANGUAGES = frozenset(LANGUAGES) - {"uk"}
+# The other languages Qwen3-ASR may say it heard: answers name them (a request cannot name them yet).
+QWEN3_ASR_OTHER_LANGUAGES = {"da": "Danish", "el": "Greek", "fa": "Persian", "fil": "Filipino", "hu": "Hungarian",
+                             "mk": "Macedonian", "ro": "Romanian"}

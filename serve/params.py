@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
-from .checkpoint import is_qwen3_asr, local_checkpoint
+from .checkpoint import declares_qwen3_asr
 from .config import (
     APP_DIR,
     MAX_NEW_TOKENS_LIMIT,
@@ -107,9 +108,19 @@ def _decoding_defaults(settings: Settings) -> tuple[float, float]:
     return temperature, penalty
 
 
+_FAMILY: dict[tuple[str, Path], bool] = {}  # what each checkpoint was found to be (a config does not change)
+
+
 def _serves_qwen3_asr(settings: Settings) -> bool:
-    path = local_checkpoint(settings.checkpoint_path, settings.models_dir, APP_DIR)
-    return path is not None and is_qwen3_asr(path)
+    """Whether the server's checkpoint is Qwen3-ASR (read once from its config, local or in the hub cache;
+    before a first download, the default family: the engine then refuses what Qwen3-ASR cannot do)."""
+    key = (settings.checkpoint_path, Path(settings.models_dir))
+    if key not in _FAMILY:
+        found = declares_qwen3_asr(settings.checkpoint_path, settings.models_dir, APP_DIR)
+        if found is None:
+            return False
+        _FAMILY[key] = found
+    return _FAMILY[key]
 
 
 def parse_prompt(form: Mapping[str, str]) -> str:

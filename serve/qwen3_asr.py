@@ -30,6 +30,7 @@ from .engine import (
     pick_device,
     pick_dtype,
 )
+from .errors import InvalidParameter
 from .generation import GenerationOptions, SegmentResult
 from .token_scores import TokenScores, row_scores
 
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 
 MAX_SECONDS = 1200.0  # the published limit per call
 _NAME_TO_CODE = {name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()}
+TEXT_MARKER = "<asr_text>"  # what ends the "language X" the model writes before the text
+
+
+def _after(row: list[int], marker: int | None) -> int:
+    """Where the text begins in a generated row: after its first ``marker``, else at 0."""
+    return row.index(marker) + 1 if marker is not None and marker in row else 0
 
 
 class Qwen3AsrEngine:
@@ -59,6 +66,7 @@ class Qwen3AsrEngine:
         self._pad_id = generation.pad_token_id if generation.pad_token_id is not None else self._stop_ids[0]
         # Rows of a batch are left-padded: each generates from where its own prompt ends.
         processor.tokenizer.padding_side = "left"
+        self._text_marker = processor.tokenizer.convert_tokens_to_ids(TEXT_MARKER)
 
     @classmethod
     def load(cls, checkpoint: Path, *, device: str = "auto", flash_attn2: bool = False, low_vram: bool = False,
@@ -72,12 +80,17 @@ class Qwen3AsrEngine:
         if low_vram:
             log.warning("--low-vram applies to Qwen2.5-Omni only: Qwen3-ASR is loaded whole (about 4 GB for 1.7B)")
         try:
-            model = Qwen3ASRForConditionalGeneration.from_pretrained(
+            model, info = Qwen3ASRForConditionalGeneration.from_pretrained(
                 checkpoint, dtype=dtype, device_map={"": torch_device}, local_files_only=True,
-                attn_implementation=pick_attention(flash_attn2, torch_device, dtype))
+                attn_implementation=pick_attention(flash_attn2, torch_device, dtype), output_loading_info=True)
             processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise EngineLoadError(f"loading Qwen3-ASR from {checkpoint} failed: {exc}") from exc
+        missing = sorted(info.get("missing_keys", ()))
+        if missing:
+            # The original (not -hf) layout keeps its weights under thinker.*: loaded as is, they would be random.
+            raise EngineLoadError(f"{checkpoint} lacks {len(missing)} Qwen3-ASR weights (e.g. {missing[:2]}): use the "
+                                  "transformers (-hf) checkpoint, e.g. Qwen/Qwen3-ASR-1.7B-hf")
         model.eval()
         engine = cls(model, processor, checkpoint=checkpoint, load_seconds=time.monotonic() - started)
         log.info("loaded %s (Qwen3-ASR, %s, %s) in %.1f s", checkpoint, torch_device, str(dtype).split(".")[-1],
@@ -96,6 +109,9 @@ class Qwen3AsrEngine:
         the request named none), the generated ids and their scores."""
         clips = [np.asarray(samples, dtype=np.float32) for samples in batch]
         forced = None if options.language == "auto" else options.language
+        if forced is not None and forced not in LANGUAGE_CODE_TO_NAME:
+            raise InvalidParameter(f"this server's model, Qwen3-ASR, does not transcribe {forced!r}: name another "
+                                   "language, or auto", param="language")
         inputs = self.processor.apply_transcription_request(
             audio=clips, language=[forced] * len(clips), prompt=[options.prompt or None] * len(clips),
             padding=True, return_tensors="pt")
@@ -109,7 +125,11 @@ class Qwen3AsrEngine:
                 scores = TokenScores(self._stop_ids)
                 generated = self.model.generate(**inputs, generation_config=config,
                                                 logits_processor=LogitsProcessorList([scores]))[:, prompt_tokens:]
-                rows = row_scores(generated, scores.log_probs(generated), scores.end_at_once, self._stop_ids)
+                # Without a forced language the model writes "language X<asr_text>" first: the text, its
+                # scores and the chance that it is silence start after that.
+                starts = [_after(row, self._text_marker) for row in generated.tolist()] if forced is None else None
+                rows = row_scores(generated, scores.log_probs(generated), scores.end_at_once, self._stop_ids,
+                                  starts=starts, end_probs=scores.end_probs())
         except torch.OutOfMemoryError as exc:
             out_of_memory = str(exc).splitlines()[0] if str(exc) else "out of memory"
         if out_of_memory is not None:

@@ -12,10 +12,11 @@ from serve.config import Settings
 from serve.engine import QwenOmniEngine
 from serve.errors import InvalidParameter
 from serve.generation import GenerationOptions
-from serve.languages import LANGUAGES, QWEN3_ASR_LANGUAGES
+from serve.language_id import openai_name
+from serve.languages import LANGUAGES, QWEN3_ASR_LANGUAGES, QWEN3_ASR_OTHER_LANGUAGES
 from serve.local import engine_class
 from serve.params import parse_params
-from serve.qwen3_asr import Qwen3AsrEngine
+from serve.qwen3_asr import Qwen3AsrEngine, _after
 
 GREEDY = GenerationOptions(max_new_tokens=10, temperature=0.0)
 
@@ -40,6 +41,19 @@ def test_the_checkpoint_picks_the_engine(tiny_asr: Path, tiny_checkpoint: Path, 
 
 def test_the_language_list_is_the_processor_s() -> None:
     assert {code for code in LANGUAGES if code in LANGUAGE_CODE_TO_NAME} == QWEN3_ASR_LANGUAGES
+    others = {code: name for code, name in LANGUAGE_CODE_TO_NAME.items() if code not in LANGUAGES}
+    assert others == QWEN3_ASR_OTHER_LANGUAGES
+    assert openai_name("da") == "danish" and openai_name("xx") == "unknown"
+
+
+def test_the_language_the_model_names_is_parsed_and_its_prefix_is_not_scored(engine: Qwen3AsrEngine) -> None:
+    tokenizer = engine.processor.tokenizer
+    ids = tokenizer.encode("language German<asr_text>hallo welt")
+    parsed = engine.processor.decode(ids, return_format="parsed")
+    assert parsed == {"language": "German", "transcription": "hallo welt"}  # the marker is text, not special
+    assert _after(ids, engine._text_marker) == ids.index(engine._text_marker) + 1
+    auto = engine.generate_batch(clips()[:1], GREEDY)[0]
+    assert engine._text_marker not in auto.tokens
 
 
 def test_a_batch_equals_each_segment_alone(engine: Qwen3AsrEngine) -> None:
@@ -75,3 +89,13 @@ def test_a_language_qwen3_asr_lacks_is_a_400(tiny_asr: Path, tmp_path: Path) -> 
     assert (parse_params({}, own).temperature, parse_params({}, own).repetition_penalty) == (0.3, 1.0)
     omni = parse_params({}, Settings(models_dir=tmp_path / "Qwen"))
     assert (omni.temperature, omni.repetition_penalty) == (0.1, 1.1)  # the guide's
+
+
+def test_the_engine_refuses_a_language_it_lacks_as_a_client_error(engine: Qwen3AsrEngine) -> None:
+    # The server's check happens before the model is loaded; where it could not tell (a checkpoint not yet
+    # downloaded), the engine's refusal still reaches the client as a 400, not a failed transcription.
+    from serve.errors import failure_of
+
+    with pytest.raises(InvalidParameter) as refused:
+        engine.generate_batch(clips()[:1], GenerationOptions(max_new_tokens=4, language="uk"))
+    assert failure_of(refused.value).http_status == 400
