@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -111,14 +112,19 @@ def build_aligner(out_dir: Path, seed: int = 1234) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def builder_main(build: Callable[..., Path], doc: str, argv: list[str] | None = None) -> int:
+    """The command line of a tiny-checkpoint builder: OUT_DIR [--seed N]; prints the path and size."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="folder to write the checkpoint into (e.g. Qwen/)")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
-    path = build_aligner(args.out_dir, seed=args.seed)
+    path = build(args.out_dir, seed=args.seed)
     print(f"{path}  ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.1f} MB)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return builder_main(build_aligner, __doc__, argv)
 
 
 if __name__ == "__main__":

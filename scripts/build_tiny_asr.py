@@ -24,7 +24,6 @@ Usage: python scripts/build_tiny_asr.py OUT_DIR   (writes OUT_DIR/Qwen3-ASR-tiny
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_tiny_aligner import tiny_qwen3_asr
+from build_tiny_aligner import builder_main, tiny_qwen3_asr
 
 TINY_ASR_NAME = "Qwen3-ASR-tiny"
 
@@ -92,13 +91,7 @@ def build_asr(out_dir: Path, seed: int = 1234) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="folder to write the checkpoint into (e.g. Qwen/)")
-    parser.add_argument("--seed", type=int, default=1234)
-    args = parser.parse_args(argv)
-    path = build_asr(args.out_dir, seed=args.seed)
-    print(f"{path}  ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.1f} MB)")
-    return 0
+    return builder_main(build_asr, __doc__, argv)
 
 
 if __name__ == "__main__":

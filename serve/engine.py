@@ -441,21 +441,12 @@ class QwenOmniEngine:
         allowance for the audio encoder's activations. With ``compiled`` decode the cache is static: as long
         as the compiled pass's plan, allocated whole. ``reserve_bytes`` is left free for what loads later.
         """
-        if self.device.type != "cuda":
-            return 1
-        text = self.model.config.text_config
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        kv_bytes_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * \
-            self.model.dtype.itemsize
         tokens = 25 * segment_seconds + 64 + min(max_new_tokens, 8 * segment_seconds)
         if compiled:
             tokens = compiled_decode.cache_length(int(25 * segment_seconds + 64), segment_seconds, max_new_tokens)
-        per_segment = 1.5 * kv_bytes_per_token * tokens + 256 * 1024**2
         # In low-VRAM mode the audio encoder visits the GPU one layer at a time: no room to set aside for it
         # (measured on an H200: the prefill adds no more than in the normal mode, benchmarks/README.md).
-        free, _total = torch.cuda.mem_get_info(self.device)
-        free = max(0, free - reserve_bytes)  # memory another model will take later (the aligner)
-        return max(1, min(limit, int(0.8 * free // per_segment)))
+        return batch_size_for(self.model, self.device, tokens, limit, reserve_bytes)
 
     def close(self) -> None:
         """Drop every reference to the model (and its compiled graphs) so that its memory can be freed."""
@@ -469,6 +460,22 @@ class QwenOmniEngine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def batch_size_for(model: Any, device: torch.device, tokens_per_segment: float, limit: int,
+                   reserve_bytes: int = 0) -> int:
+    """How many segments of ``tokens_per_segment`` KV-cache positions each fit in the free memory of ``device``
+    (1 on CPU, where batching buys little): their cache with 50% headroom plus a fixed 256 MiB each for the
+    audio encoder's activations, in 80% of what is free once ``reserve_bytes`` (a model that loads later,
+    the aligner) are set aside."""
+    if device.type != "cuda":
+        return 1
+    text = model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_bytes_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * model.dtype.itemsize
+    per_segment = 1.5 * kv_bytes_per_token * tokens_per_segment + 256 * 1024**2
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(1, min(limit, int(0.8 * max(0, free - reserve_bytes) // per_segment)))
 
 
 def generation_config(options: GenerationOptions, stop_ids: list[int], pad_id: int, *,

@@ -24,6 +24,7 @@ from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_
 
 from .engine import (
     EngineLoadError,
+    batch_size_for,
     generation_config,
     out_of_memory_after_release,
     pick_attention,
@@ -49,16 +50,11 @@ def _after(row: list[int], marker: int | None) -> int:
 class Qwen3AsrEngine:
     """Transcribes 16 kHz mono audio with a Qwen3-ASR checkpoint. One instance owns the model."""
 
-    languages = frozenset(LANGUAGE_CODE_TO_NAME)  # what ``language`` may name
-
     def __init__(self, model: Any, processor: Any, *, checkpoint: Path, load_seconds: float) -> None:
         self.model = model
         self.processor = processor
         self.checkpoint = checkpoint
         self.load_seconds = load_seconds
-        self.quantized = False
-        self.low_vram = False
-        self.compiled = None
         self._lock = threading.Lock()
         generation = model.generation_config
         ends = generation.eos_token_id
@@ -148,16 +144,8 @@ class Qwen3AsrEngine:
                            compiled: bool = False, reserve_bytes: int = 0) -> int:
         """As many segments as fit in the free accelerator memory (1 on CPU): per segment the KV cache of its
         audio tokens (13 per second) and a transcript of up to 8 tokens per second, with 50% headroom."""
-        if self.device.type != "cuda":
-            return 1
-        text = self.model.config.text_config
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        kv_bytes_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * \
-            self.model.dtype.itemsize
         tokens = 13 * segment_seconds + 64 + min(max_new_tokens, 8 * segment_seconds)
-        per_segment = 1.5 * kv_bytes_per_token * tokens + 256 * 1024**2
-        free, _total = torch.cuda.mem_get_info(self.device)
-        return max(1, min(limit, int(0.8 * max(0, free - reserve_bytes) // per_segment)))
+        return batch_size_for(self.model, self.device, tokens, limit, reserve_bytes)
 
     def compile_decode(self, *args: Any, **kwargs: Any) -> float:
         log.warning("--compiled-decode applies to Qwen2.5-Omni only: Qwen3-ASR generates on the default path")

@@ -53,8 +53,6 @@ class AlignerSlot:
         self._lock = threading.Lock()  # /health reads the state from other threads
         self.last_error: str | None = None
         self._failed_at = -RETRY_LOAD_SECONDS
-        self.load_count = 0
-        self.load_seconds: float | None = None
         self.segments_aligned = 0
         self.align_seconds = 0.0
 
@@ -95,7 +93,6 @@ class AlignerSlot:
             return self._aligner, None
         if time.monotonic() - self._failed_at < RETRY_LOAD_SECONDS:
             return None, f"the aligner could not be loaded: {self.last_error}"
-        started = time.monotonic()
         try:
             aligner = self._loader()
         except Exception as exc:  # the transcription goes on without word times
@@ -106,8 +103,6 @@ class AlignerSlot:
         with self._lock:
             self._aligner = aligner
         self.last_error = None
-        self.load_count += 1
-        self.load_seconds = time.monotonic() - started
         return aligner, None
 
     def align(self, clips: list[np.ndarray], results: list[SegmentResult], language: str) -> list[SegmentResult]:
