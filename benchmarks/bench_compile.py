@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import build_tiny_checkpoints  # noqa: E402
 
 from benchmarks.report import report  # noqa: E402
-from serve.engine import GenerationOptions, QwenOmniEngine  # noqa: E402
+from serve.engines.qwen2_5_omni import GenerationOptions, QwenOmniEngine  # noqa: E402
 
 SAMPLE_RATE = 16000
 

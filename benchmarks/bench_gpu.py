@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_tiny_checkpoints as builder  # noqa: E402
 
-from serve.engine import GenerationOptions, QwenOmniEngine, audio_token_count  # noqa: E402
+from serve.engines.qwen2_5_omni import GenerationOptions, QwenOmniEngine, audio_token_count  # noqa: E402
 
 MODES = ("awq", "awq_fast", "awq_low_vram", "bf16", "bf16_compiled")
 # Each mode: (checkpoint, low_vram, compiled decode, AWQ dequant rows). "fast" is issue 15's path: compiled
@@ -221,7 +221,7 @@ def measure(checkpoint: Path, device: str, segment_seconds: list[float], batches
 def dequant_crossover(device: str, rows: list[int], text_config: dict, repeats: int = 20) -> list[dict]:
     """Milliseconds per product of the decoder's Linear shapes, int4 kernel against the dequantised weight
     and a plain matrix product, for inputs of ``rows`` rows: where the second wins is --awq-dequant-rows."""
-    from serve import awq
+    from serve.engines import awq
 
     hidden, inner = text_config["hidden_size"], text_config["intermediate_size"]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

@@ -36,7 +36,7 @@ import build_tiny_checkpoints  # noqa: E402
 
 from benchmarks.synthetic_speech import build_track  # noqa: E402
 from serve.batching import BatchRunner  # noqa: E402
-from serve.engine import QwenOmniEngine  # noqa: E402
+from serve.engines.qwen2_5_omni import QwenOmniEngine  # noqa: E402
 from serve.generation import GenerationOptions  # noqa: E402
 from serve.local import LocalDestination  # noqa: E402
 from serve.model_manager import ModelManager  # noqa: E402
@@ -65,7 +65,7 @@ def start_server(checkpoint: Path, work: Path, tokens: int, segment_seconds: flo
         try:
             requests.get(f"{base}/health", timeout=1)
             return process, base
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or the worker still starting
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("server did not start")

@@ -33,7 +33,7 @@ nvidia-smi >"$report/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed (no driver?
 
 status=0
 timeout "${GPU_TESTS_TIMEOUT:-240}" "$python" -m pytest -q -p no:cacheprovider -rs -k cuda \
-  tests/test_awq.py tests/test_low_vram.py tests/test_engine.py tests/test_compiled_decode.py 2>&1 \
+  tests/engines/test_awq.py tests/engines/test_low_vram.py tests/engines/test_qwen2_5_omni.py tests/engines/test_compiled_decode.py 2>&1 \
   | tee "$report/tests.log" || status=1
 
 timeout "${GPU_COMPILE_TIMEOUT:-150}" "$python" benchmarks/bench_compile.py --device cuda \

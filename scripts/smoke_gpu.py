@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from serve.config import Settings, build_parser, parse_args  # noqa: E402
 from serve.direct import DirectTranscriber  # noqa: E402
-from serve.engine import pick_device  # noqa: E402
+from serve.engines.runtime import pick_device  # noqa: E402
 from serve.evaluation import contains_words  # noqa: E402
 
 CLIPS = ROOT / "scripts" / "smoke" / "clips.json"

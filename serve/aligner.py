@@ -24,8 +24,8 @@ from transformers import AutoProcessor, Qwen3ASRForTokenClassification
 from transformers.models.qwen3_asr.processing_qwen3_asr import FORCED_ALIGNER_LANGUAGES
 
 from .audio import SAMPLE_RATE
-from .engine import pick_device, pick_dtype
-from .languages import LANGUAGES
+from .engines.runtime import pick_device, pick_dtype, weights_bytes
+from .languages import ALL_LANGUAGES
 from .transcript import Word
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class ForcedAligner:
         """Why ``language`` (an ISO code of serve.languages, or "auto") cannot be aligned here; None if it can."""
         if language == "auto":
             return None  # the processor's default splitting: spaces, and one CJK character per word
-        name = LANGUAGES.get(language)
+        name = ALL_LANGUAGES.get(language)
         if name not in FORCED_ALIGNER_LANGUAGES:
             return f"the aligner does not cover {name or language}"
         needed = _SPLITTERS.get(language)
@@ -94,7 +94,7 @@ class ForcedAligner:
 
     def memory_bytes(self) -> int:
         """What the weights take (on the device they are on)."""
-        return sum(p.numel() * p.element_size() for p in self.model.parameters()) if self.model is not None else 0
+        return weights_bytes(self.model)
 
     def align(self, clips: list[np.ndarray], texts: list[str], language: str = "auto") -> list[list[Word]]:
         """The words of each text with their times in its clip (seconds), in order, inside the clip, never
@@ -109,7 +109,7 @@ class ForcedAligner:
         reason = self.unsupported(language)
         if reason:
             raise AlignmentUnavailable(reason)
-        name = None if language == "auto" else LANGUAGES[language]
+        name = None if language == "auto" else ALL_LANGUAGES[language]
         results: list[list[Word]] = [[] for _ in texts]
         todo = [i for i, text in enumerate(texts) if self.processor.split_words_for_alignment(text, name)]
         for i in todo:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 import numpy as np
 
-from .generation import EngineOutOfMemory, GenerationOptions, SegmentResult
+from .engines import SpeechEngine
+from .generation import EngineOutOfMemory, SegmentResult
 from .scheduler import FairScheduler, SegmentRequest
 from .word_alignment import AlignerSlot
 
@@ -25,11 +25,6 @@ log = logging.getLogger(__name__)
 # How long the runner waits for more segments once one has arrived: long enough for other jobs' segments
 # to land in the same batch, short enough to be invisible next to a generate call.
 GATHER_SECONDS = 0.005
-
-
-class BatchEngine(Protocol):
-    def generate_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[SegmentResult]: ...
-    def close(self) -> None: ...
 
 
 class SegmentOutOfMemory(Exception):
@@ -42,7 +37,7 @@ class SegmentOutOfMemory(Exception):
 
 
 class BatchRunner:
-    def __init__(self, engine: BatchEngine, batch_size: int, scheduler: FairScheduler,
+    def __init__(self, engine: SpeechEngine, batch_size: int, scheduler: FairScheduler,
                  gather_seconds: float = GATHER_SECONDS, prepare: Callable[[], None] | None = None,
                  aligner: AlignerSlot | None = None) -> None:
         """``prepare`` runs first, on the runner's thread (compiled decode's warm-up: CUDA graphs belong to

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -33,22 +32,6 @@ def local_candidates(checkpoint: str, models_dir: Path, app_dir: Path) -> list[P
     return unique
 
 
-QWEN3_ASR_ARCHITECTURE = "Qwen3ASRForConditionalGeneration"  # the forced aligner shares its config class only
-
-
-def is_qwen3_asr(path: Path) -> bool:
-    """Whether the checkpoint folder at ``path`` holds Qwen3-ASR (by its config's ``architectures``)."""
-    return _declares_qwen3_asr(Path(path) / "config.json")
-
-
-def _declares_qwen3_asr(config_path: Path) -> bool:
-    try:
-        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return QWEN3_ASR_ARCHITECTURE in (config.get("architectures") or [])
-
-
 def checkpoint_config(checkpoint: str, models_dir: Path, app_dir: Path) -> Path | None:
     """The config.json of ``checkpoint`` where the loader will find it: a local folder, else the hub cache
     (a checkpoint downloaded there on an earlier load); None when it is in neither yet. Never downloads."""
@@ -64,12 +47,6 @@ def checkpoint_config(checkpoint: str, models_dir: Path, app_dir: Path) -> Path 
     except Exception:  # not a repository id (a relative folder that is not there): nothing cached
         return None
     return Path(cached) if isinstance(cached, str) else None
-
-
-def declares_qwen3_asr(checkpoint: str, models_dir: Path, app_dir: Path) -> bool | None:
-    """Whether ``checkpoint`` is Qwen3-ASR; None while its config is nowhere to read (not downloaded yet)."""
-    config = checkpoint_config(checkpoint, models_dir, app_dir)
-    return None if config is None else _declares_qwen3_asr(config)
 
 
 def resolve_checkpoint(checkpoint: str, *, local_only: bool, models_dir: Path, app_dir: Path) -> Path:

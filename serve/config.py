@@ -20,8 +20,9 @@ APP_DIR = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "QWEN_OMNI_"
 DEFAULT_CHECKPOINT = "Qwen/Qwen2.5-Omni-7B-AWQ"
 
-# The Whisper feature extractor of Qwen2.5-Omni truncates input at 300 s; keep segments clear of it.
-MAX_SEGMENT_SECONDS = 290.0
+# The longest segment any engine takes (Qwen3-ASR's 1,200 s); each engine's own bound is in its capabilities
+# (serve.engines: 290 s for Qwen2.5-Omni, whose feature extractor truncates input at 300 s).
+MAX_SEGMENT_SECONDS = 1200.0
 MIN_SEGMENT_SECONDS = 1.0
 MAX_NEW_TOKENS_LIMIT = 32768  # the thinker's max_position_embeddings
 MAX_TEMPERATURE = 2.0

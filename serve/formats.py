@@ -239,16 +239,18 @@ def usage(transcript: Transcript) -> dict:
     return {"type": "duration", "seconds": round(transcript.duration, 3)}
 
 
-def to_verbose_json(transcript: Transcript, *, language: str, temperature: float, words: bool = False) -> dict:
-    """OpenAI's ``verbose_json`` transcription object, with the real start and end of every segment, and the
-    words with their times when ``words`` (``timestamp_granularities[]=word``).
+def to_verbose_json(transcript: Transcript, *, language: str, temperature: float, words: bool = False,
+                    task: str = "transcribe") -> dict:
+    """OpenAI's ``verbose_json`` transcription (or, with ``task`` translate, translation) object, with the real
+    start and end of every segment, and the words with their times when ``words``
+    (``timestamp_granularities[]=word``).
 
     A segment's ``tokens`` are the ids the model generated, ``avg_logprob`` their mean log-probability and
-    ``no_speech_prob`` the model's probability of ending at once (see serve.token_scores); a transcript
+    ``no_speech_prob`` the model's probability of ending at once (see serve.engines.token_scores); a transcript
     stored before these were kept has none to give.
     """
     spoken = [p for p in transcript.pieces if p.text.strip()]
-    body: dict = {"task": "transcribe", "language": language, "duration": round(transcript.duration, 3),
+    body: dict = {"task": task, "language": language, "duration": round(transcript.duration, 3),
                   "text": transcript.text}
     body["segments"] = [
         {"id": segment["id"], "seek": round(segment["start"] * 100), "start": segment["start"],
@@ -263,8 +265,14 @@ def to_verbose_json(transcript: Transcript, *, language: str, temperature: float
         note = word_timestamps_note(transcript)
         if note:
             body["word_timestamps_note"] = note
-    body["usage"] = usage(transcript)
+    if task == "transcribe":  # OpenAI's translation objects carry no usage
+        body["usage"] = usage(transcript)
     return body
+
+
+# What each file format is served as; the OpenAI API answers SRT as text/plain, as OpenAI does.
+MIMETYPES = {"txt": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
+OPENAI_MIMETYPES = {**MIMETYPES, "srt": "text/plain"}
 
 
 def render(output_format: str, transcript: Transcript, *, word_level: bool = False) -> str:

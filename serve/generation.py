@@ -14,6 +14,7 @@ from .transcript import Word
 # The model authors' ASR recipe (Qwen2.5-Omni cookbook "universal audio understanding"): a fixed system
 # prompt and an instruction naming the language; punctuation is kept (subtitles need it).
 SYSTEM_PROMPT = "You are a speech recognition model."
+TRANSLATION_SYSTEM_PROMPT = "You are a speech translation model."
 DEFAULT_INSTRUCTION = "Transcribe the audio into text."
 
 # The cookbook asks for Chinese in Chinese.
@@ -21,19 +22,36 @@ _NATIVE_INSTRUCTIONS = {"zh": "请将这段中文语音转换为纯文本。", "
 _NATIVE_CONTEXT = {"zh": "音频中可能出现这些词：{}", "yue": "音頻中可能出現這些詞：{}"}
 
 
-def instruction_for(language: str = "auto", prompt: str = "") -> str:
-    """The user-turn instruction: which language to transcribe, and context words (names, jargon) if any."""
+def instruction_for(language: str = "auto", prompt: str = "", target_language: str | None = None) -> str:
+    """The user-turn instruction: which language to transcribe (or translate into ``target_language``), and
+    context words (names, jargon) if any."""
+    if target_language is not None:
+        return _with_context(translation_instruction(target_language, language), prompt, "en")
     if language in _NATIVE_INSTRUCTIONS:
         instruction = _NATIVE_INSTRUCTIONS[language]
     elif language in LANGUAGES:
         instruction = f"Transcribe the {LANGUAGES[language]} audio into text."
     else:
         instruction = DEFAULT_INSTRUCTION
+    return _with_context(instruction, prompt, language)
+
+
+def translation_instruction(target_language: str, source_language: str = "auto") -> str:
+    """The model authors' speech-translation recipe (Qwen2.5-Omni cookbook, "universal audio understanding"),
+    naming the spoken language when the request does."""
+    spoken = f"{LANGUAGES[source_language]} " if source_language in LANGUAGES else ""
+    return f"Listen to the provided {spoken}speech and produce a translation in {LANGUAGES[target_language]} text."
+
+
+def system_prompt_for(options: GenerationOptions) -> str:
+    return TRANSLATION_SYSTEM_PROMPT if options.target_language is not None else SYSTEM_PROMPT
+
+
+def _with_context(instruction: str, prompt: str, language: str) -> str:
     prompt = " ".join(prompt.split())
-    if prompt:
-        context = _NATIVE_CONTEXT.get(language, "The audio may mention: {}")
-        instruction = f"{instruction} {context.format(prompt)}"
-    return instruction
+    if not prompt:
+        return instruction
+    return f"{instruction} {_NATIVE_CONTEXT.get(language, 'The audio may mention: {}').format(prompt)}"
 
 
 class EngineOutOfMemory(Exception):
@@ -53,6 +71,8 @@ class GenerationOptions:
     # After generating, align the transcript's words to the audio in this language (an ISO code of
     # serve.languages, or "auto"); None: no word times.
     align: str | None = None
+    # Translate into this language (an ISO code) instead of transcribing, for engines that can; None: transcribe.
+    target_language: str | None = None
 
 
 @dataclass(frozen=True)

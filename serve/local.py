@@ -14,12 +14,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from .audio import Segment
 from .batching import BatchRunner
-from .checkpoint import is_qwen3_asr, resolve_checkpoint
+from .checkpoint import resolve_checkpoint
 from .config import APP_DIR, Settings
+from .engines import EngineLoadError, spec_for_checkpoint
 from .generation import GenerationOptions, SegmentResult
 from .model_manager import ModelManager
 from .scheduler import FairScheduler, Flow
@@ -66,8 +66,13 @@ def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: Aligner
     def load() -> BatchRunner:
         checkpoint = resolve_checkpoint(settings.checkpoint_path, local_only=settings.local_model,
                                         models_dir=settings.models_dir, app_dir=APP_DIR)
-        engine = engine_class(checkpoint).load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
-                                               low_vram=settings.low_vram, awq_dequant_rows=settings.awq_dequant_rows)
+        spec = spec_for_checkpoint(checkpoint)  # by the config's model_type
+        if settings.segment_duration > spec.capabilities.max_segment_seconds:
+            raise EngineLoadError(f"--segment-duration {settings.segment_duration:g}: {spec.capabilities.family} "
+                                  f"takes segments of at most {spec.capabilities.max_segment_seconds:g} s")
+        engine_class = spec.engine_class()
+        engine = engine_class.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
+                                   low_vram=settings.low_vram, awq_dequant_rows=settings.awq_dequant_rows)
         compiled = settings.compiled_decode and not settings.low_vram  # the engine stays eager in low-VRAM mode
         # The aligner loads later, on first use: the batch size leaves room for its weights.
         batch_size = settings.batch_size or engine.suggest_batch_size(
@@ -85,19 +90,6 @@ def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: Aligner
                            aligner=aligner)
 
     return load
-
-
-def engine_class(checkpoint: Path) -> Any:
-    """The engine for a checkpoint, by its config's ``architectures``: Qwen3-ASR, else the Qwen2.5-Omni
-    thinker (whose loader says what is wrong with anything else). Imported here only: torch and transformers
-    are loaded where a model is."""
-    if is_qwen3_asr(checkpoint):
-        from .qwen3_asr import Qwen3AsrEngine
-
-        return Qwen3AsrEngine
-    from .engine import QwenOmniEngine
-
-    return QwenOmniEngine
 
 
 def close_runner(runner: BatchRunner) -> None:

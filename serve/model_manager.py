@@ -46,6 +46,13 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def gpu_available() -> bool:
+    """Whether this process can use a CUDA GPU (torch imported here, where a model is loaded anyway)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def gpu_memory_bytes(device: str = "auto") -> tuple[float, float]:
     """(allocated, reserved) bytes on the CUDA device a ``--device`` setting names ('auto' and 'cuda': the
     current one); zeros on the CPU, without CUDA, or before CUDA is in use."""

@@ -16,8 +16,8 @@ from pydantic.json_schema import models_json_schema
 
 from . import __version__
 from .config import MAX_NEW_TOKENS_LIMIT, MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS
-from .languages import LANGUAGES
-from .params import OPENCC_CONFIGS
+from .languages import ALL_LANGUAGES, LANGUAGES
+from .params import OPENCC_CONFIGS, TASKS
 
 JobStatusName = Literal["processing", "completed", "failed", "cancelled"]
 
@@ -82,7 +82,22 @@ class Health(BaseModel):
     workers: list[Worker] | None = Field(None, description="scale-out: the live workers")
     store: str = Field(description='the job store: "ok", or why it cannot be written (then status is unavailable)')
     shutting_down: bool = Field(description="the server is stopping: it takes no new work")
+    engine: EngineCapabilities
     aligner: AlignerState
+
+
+class EngineCapabilities(BaseModel):
+    """The engine the checkpoint's config names (serve.engines), and what it can be asked."""
+
+    family: str = Field(description="Qwen2.5-Omni or Qwen3-ASR")
+    languages: list[str] = Field(description="the ISO codes a request may name")
+    translates: bool = Field(description="task=translate and /v1/audio/translations")
+    names_language: bool = Field(description="the model reports the language it heard")
+    max_segment_seconds: float
+    temperature: float = Field(description="the default its authors publish (unless the server sets one)")
+    repetition_penalty: float
+    compiled_decode: bool = Field(description="--compiled-decode applies")
+    low_vram: bool = Field(description="--low-vram applies")
 
 
 class AlignerState(BaseModel):
@@ -121,6 +136,8 @@ class Transcription(BaseModel):
     language: str | None = Field(description="the ISO code the request named, else the one detected from the "
                                              "transcript (null when there is too little text to tell)")
     segments: list[Segment]
+    task: Literal["translate"] | None = Field(None, description="present on translations")
+    target_language: str | None = Field(None, description="the language a translation is in")
     word_timestamps_note: str | None = Field(None, description="why some segments have no word times")
     output_error: str | None = Field(None, description="why output_file could not be written (a full disk); the "
                                                        "transcript is still here and in GET /result")
@@ -171,16 +188,19 @@ class TranscribeForm(BaseModel):
     temperature: float = Field(None, ge=0, le=2)  # type: ignore[assignment]
     repetition_penalty: float = Field(None, gt=0, le=2)  # type: ignore[assignment]
     enable_s2t: Literal["true", "false", "1", "0", "yes", "no", "on", "off"] = None  # type: ignore[assignment]
-    language: Literal["auto", *LANGUAGES] = None  # type: ignore[valid-type, assignment]
+    language: Literal["auto", *ALL_LANGUAGES] = None  # type: ignore[valid-type, assignment]
     prompt: str = Field(None, max_length=1000)  # type: ignore[assignment]
     opencc: Literal[OPENCC_CONFIGS] = None  # type: ignore[valid-type, assignment]
     word_timestamps: Literal["true", "false", "1", "0", "yes", "no", "on", "off"] = None  # type: ignore[assignment]
+    task: Literal[TASKS] = Field(None, description="translate: into target_language, where the model can (Qwen2.5-"  # type: ignore[valid-type, assignment]
+                                 "Omni; Qwen3-ASR answers 400); no word timestamps")
+    target_language: Literal[tuple(LANGUAGES)] = Field(None, description="with task=translate; default en")  # type: ignore[valid-type, assignment]
 
 
 class OpenAITranscribeForm(BaseModel):
     file: bytes = Field(json_schema_extra={"format": "binary", "type": "string"})
     model: str = Field(min_length=1, max_length=256)
-    language: Literal["auto", *LANGUAGES] = None  # type: ignore[valid-type, assignment]
+    language: Literal["auto", *ALL_LANGUAGES] = None  # type: ignore[valid-type, assignment]
     prompt: str = Field(None, max_length=1000)  # type: ignore[assignment]
     response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = None  # type: ignore[assignment]
     temperature: float = Field(None, ge=0, le=2)  # type: ignore[assignment]
@@ -223,6 +243,28 @@ class OpenAIVerboseTranscription(BaseModel):
     usage: DurationUsage
 
 
+class OpenAITranslateForm(BaseModel):
+    file: bytes = Field(json_schema_extra={"format": "binary", "type": "string"})
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str = Field(None, max_length=1000)  # type: ignore[assignment]
+    response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = None  # type: ignore[assignment]
+    temperature: float = Field(None, ge=0, le=2)  # type: ignore[assignment]
+    language: Literal["auto", *ALL_LANGUAGES] = Field(None, description="the spoken language, if known (an "  # type: ignore[valid-type, assignment]
+                                                      "addition to OpenAI's form)")
+
+
+class OpenAITranslation(BaseModel):
+    text: str
+
+
+class OpenAIVerboseTranslation(BaseModel):
+    task: Literal["translate"]
+    language: str = Field(description="the language of the text: english")
+    duration: float
+    text: str
+    segments: list[VerboseSegment]
+
+
 class Model(BaseModel):
     id: str
     object: Literal["model"]
@@ -236,7 +278,8 @@ class ModelList(BaseModel):
 
 
 SCHEMAS = (Error, OpenAIError, Health, Transcription, Job, JobList, TranscribeForm, OpenAITranscribeForm,
-           OpenAITranscription, OpenAIVerboseTranscription, Model, ModelList)
+           OpenAITranscription, OpenAIVerboseTranscription, OpenAITranslateForm, OpenAITranslation,
+           OpenAIVerboseTranslation, Model, ModelList)
 
 _ERRORS = {
     "BadRequest": (400, "a bad parameter, or no file"),

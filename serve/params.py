@@ -6,18 +6,17 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from .checkpoint import declares_qwen3_asr
 from .config import (
     APP_DIR,
     MAX_NEW_TOKENS_LIMIT,
     MAX_REPETITION_PENALTY,
-    MAX_SEGMENT_SECONDS,
     MAX_TEMPERATURE,
     MIN_SEGMENT_SECONDS,
     Settings,
 )
+from .engines import DEFAULT_ENGINE, Capabilities, declared_spec
 from .errors import InvalidParameter
-from .languages import LANGUAGES, QWEN3_ASR_LANGUAGES
+from .languages import ALL_LANGUAGES
 from .transcriber import TranscriptionParams
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -89,38 +88,39 @@ def _choice(form: Mapping[str, str], name: str, choices: tuple[str, ...] | list[
     return value
 
 
-def parse_language(form: Mapping[str, str], defaults: Settings | None = None) -> str:
-    language = _choice(form, "language", ["auto", *LANGUAGES], "auto") or "auto"
-    if language != "auto" and language not in QWEN3_ASR_LANGUAGES and defaults is not None and \
-            _serves_qwen3_asr(defaults):
-        raise InvalidParameter(f"this server's model, Qwen3-ASR, does not transcribe {LANGUAGES[language]}: name "
-                               f"another language, or auto", param="language")
+def parse_language(form: Mapping[str, str], defaults: Settings | None = None, name: str = "language") -> str:
+    """An ISO code of serve.languages (or auto) that the server's engine takes."""
+    language = _choice(form, name, ["auto", *ALL_LANGUAGES], "auto") or "auto"
+    if language != "auto" and defaults is not None:
+        served = capabilities(defaults)
+        if language not in served.languages:
+            raise InvalidParameter(f"this server's model, {served.family}, does not take {ALL_LANGUAGES[language]} "
+                                   f"({language}): name another language, or auto", param=name)
     return language
 
 
 def _decoding_defaults(settings: Settings) -> tuple[float, float]:
-    """The server's temperature and repetition penalty. The guide's (0.1, 1.1) are Qwen2.5-Omni's; for
-    Qwen3-ASR, what its generation config says (greedy, no penalty), unless the server was given its own."""
-    temperature, penalty = settings.temperature, settings.repetition_penalty
-    if {"temperature", "repetition_penalty"} - settings.model_fields_set and _serves_qwen3_asr(settings):
-        temperature = temperature if "temperature" in settings.model_fields_set else 0.0
-        penalty = penalty if "repetition_penalty" in settings.model_fields_set else 1.0
-    return temperature, penalty
+    """The server's temperature and repetition penalty: its flags when given, else what the engine's authors
+    publish (the guide's 0.1 and 1.1 for Qwen2.5-Omni; greedy without a penalty for Qwen3-ASR)."""
+    served = capabilities(settings)
+    given = settings.model_fields_set
+    return (settings.temperature if "temperature" in given else served.temperature,
+            settings.repetition_penalty if "repetition_penalty" in given else served.repetition_penalty)
 
 
-_FAMILY: dict[tuple[str, Path], bool] = {}  # what each checkpoint was found to be (a config does not change)
+_DECLARED: dict[tuple[str, Path], Capabilities] = {}  # what each checkpoint was found to be (a config does not change)
 
 
-def _serves_qwen3_asr(settings: Settings) -> bool:
-    """Whether the server's checkpoint is Qwen3-ASR (read once from its config, local or in the hub cache;
-    before a first download, the default family: the engine then refuses what Qwen3-ASR cannot do)."""
+def capabilities(settings: Settings) -> Capabilities:
+    """What the server's engine can do, from its checkpoint's config (read once, local or in the hub cache).
+    Before a first download, the default engine's: the engine itself then refuses what it cannot do."""
     key = (settings.checkpoint_path, Path(settings.models_dir))
-    if key not in _FAMILY:
-        found = declares_qwen3_asr(settings.checkpoint_path, settings.models_dir, APP_DIR)
-        if found is None:
-            return False
-        _FAMILY[key] = found
-    return _FAMILY[key]
+    if key not in _DECLARED:
+        spec = declared_spec(settings.checkpoint_path, settings.models_dir, APP_DIR)
+        if spec is None:
+            return DEFAULT_ENGINE.capabilities
+        _DECLARED[key] = spec.capabilities
+    return _DECLARED[key]
 
 
 def parse_prompt(form: Mapping[str, str]) -> str:
@@ -145,17 +145,52 @@ def parse_word_timestamps(form: Mapping[str, str], defaults: Settings, *, align_
     return wanted, wanted
 
 
+TASKS = ("transcribe", "translate")
+# The forced aligner takes up to 300 s per call: segments with word times stay clear of it.
+ALIGNER_MAX_SEGMENT_SECONDS = 290.0
+
+
+def parse_task(form: Mapping[str, str], defaults: Settings, *, task: str | None = None) -> tuple[str, str | None]:
+    """(task, target language): ``task=translate`` with a ``target_language`` (default en) where the engine
+    translates; ``task`` given by the route (the OpenAI translations endpoint) wins over the form."""
+    task = task or _choice(form, "task", TASKS, "transcribe")
+    served = capabilities(defaults)
+    if task == "translate" and not served.translates:
+        raise InvalidParameter(f"this server's model, {served.family}, transcribes only and cannot translate: "
+                               "serve Qwen2.5-Omni for translation", param="task")
+    if task != "translate":
+        if _given(form, "target_language") is not None:
+            raise InvalidParameter("target_language needs task=translate", param="target_language")
+        return "transcribe", None
+    target = parse_language(form, defaults, name="target_language")
+    return task, "en" if target == "auto" else target
+
+
 def parse_params(form: Mapping[str, str], defaults: Settings, *, align_by_default: bool = False,
-                 words_asked: bool | None = None) -> TranscriptionParams:
+                 words_asked: bool | None = None, task: str | None = None) -> TranscriptionParams:
     """The request's parameters, each falling back to the server's default when absent or empty."""
+    task, target_language = parse_task(form, defaults, task=task)
     enable_s2t = _boolean(form, "enable_s2t", False)
-    align_words, word_timestamps = parse_word_timestamps(form, defaults, align_by_default=align_by_default,
-                                                         asked=words_asked)
+    if task == "translate":
+        # The aligner times the spoken words, not their translation.
+        if words_asked or _boolean(form, "word_timestamps", False):
+            raise InvalidParameter("word timestamps are not available for translations",
+                                   param="timestamp_granularities[]" if words_asked else "word_timestamps")
+        align_words = word_timestamps = False
+    else:
+        align_words, word_timestamps = parse_word_timestamps(form, defaults, align_by_default=align_by_default,
+                                                             asked=words_asked)
+    segment_duration = _number(form, "segment_duration", defaults.segment_duration, MIN_SEGMENT_SECONDS,
+                               capabilities(defaults).max_segment_seconds)
+    if align_words and segment_duration > ALIGNER_MAX_SEGMENT_SECONDS:
+        if word_timestamps:
+            raise InvalidParameter(f"word timestamps need segments of at most {ALIGNER_MAX_SEGMENT_SECONDS:g} s "
+                                   "(the forced aligner's limit)", param="segment_duration")
+        align_words = False  # subtitles of segments this long keep their proportional timing
     opencc = _choice(form, "opencc", OPENCC_CONFIGS, defaults.opencc_config if enable_s2t else None)
     temperature, repetition_penalty = _decoding_defaults(defaults)
     return TranscriptionParams(
-        segment_duration=_number(form, "segment_duration", defaults.segment_duration,
-                                 MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS),
+        segment_duration=segment_duration,
         max_new_tokens=_integer(form, "max_new_tokens", defaults.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT),
         temperature=_number(form, "temperature", temperature, 0.0, MAX_TEMPERATURE),
         repetition_penalty=_number(form, "repetition_penalty", repetition_penalty, 0.0,
@@ -166,4 +201,17 @@ def parse_params(form: Mapping[str, str], defaults: Settings, *, align_by_defaul
         opencc=opencc,
         align_words=align_words,
         word_timestamps=word_timestamps,
+        task=task,
+        target_language=target_language,
     )
+
+
+def server_defaults_problem(settings: Settings) -> str | None:
+    """What is wrong with the server's own defaults for its engine, where its checkpoint says which one
+    (the loader checks again once the model is there)."""
+    spec = declared_spec(settings.checkpoint_path, settings.models_dir, APP_DIR)
+    served = spec.capabilities if spec is not None else None
+    if served is not None and settings.segment_duration > served.max_segment_seconds:
+        return (f"--segment-duration: {served.family} takes segments of at most {served.max_segment_seconds:g} s "
+                f"(got {settings.segment_duration:g})")
+    return None

@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the `serve` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from serve.config import Settings, parse_args
+from serve.params import server_defaults_problem
 
 
 def configure_logging(level: str) -> None:
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if settings.local_model:
         os.environ["HF_HUB_OFFLINE"] = "1"  # --local-model must never touch the network
+    if (problem := server_defaults_problem(settings)) is not None:
+        print(f"qwen2_5_omni_awq.py: error: {problem}", file=sys.stderr)
+        return 2
 
     if settings.role == "worker":  # scale-out: one GPU's model, no HTTP
         from serve.distributed.worker import run

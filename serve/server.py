@@ -265,6 +265,11 @@ def run_gunicorn(settings: Settings) -> None:
 
     from .app import create_app
 
+    if settings.role != "api":
+        # The worker loads the model: its libraries are imported here, before the port opens, so that the
+        # worker starts (and answers its first request) at once. No CUDA is touched, so forking stays safe.
+        import torch  # noqa: F401
+
     class Server(BaseApplication):
         def load_config(self) -> None:
             for key, value in gunicorn_options(settings).items():

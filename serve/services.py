@@ -20,7 +20,7 @@ from .job_store import SqliteJobStore
 from .jobs import ABORT_SECONDS, Job, JobControl, JobInterrupted, JobKind, JobOutcome, JobQueue, JobStore, new_job_id
 from .local import MODEL_NAME, LocalDestination, aligner_slot, close_runner, engine_loader
 from .metrics import Metrics
-from .model_manager import ModelManager
+from .model_manager import ModelManager, gpu_available
 from .outputs import OutputStore
 from .scheduler import FairScheduler
 from .transcriber import (
@@ -81,6 +81,7 @@ class Services:
     redis: Redis | None = None
     dispatcher: RemoteDestination | None = None  # hands segments to the workers, in the API role
     aligner: AlignerSlot | None = None  # word times, beside this process's model (the workers hold their own)
+    gpu_available: bool = False  # this process can use a CUDA GPU (single-process role)
     _shutdown: threading.Thread | None = field(default=None, init=False, repr=False)
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -91,6 +92,7 @@ class Services:
         metrics = Metrics()
         outputs = OutputStore(settings.outputs_dir)
         cluster = client = dispatcher = aligner = None
+        gpu = False
         destination: Destination
         if settings.role == "api":
             from .distributed.api import ApiBackend
@@ -103,6 +105,7 @@ class Services:
         else:
             scheduler = FairScheduler()
             aligner = aligner_slot(settings)
+            gpu = gpu_available()  # imports torch now, at start: this process loads the model anyway
             manager: ModelManager[BatchRunner] = ModelManager(
                 metrics.timed(metrics.load_seconds, engine_loader(settings, scheduler, aligner)),
                 unloader=metrics.timed(metrics.unload_seconds, close_runner), idle_timeout=settings.idle_timeout,
@@ -140,7 +143,7 @@ class Services:
         janitor.start()
         services = cls(settings=settings, models=models, scheduler=scheduler, jobs=jobs, outputs=outputs, store=store,
                        janitor=janitor, metrics=metrics, cluster=cluster, redis=client, dispatcher=dispatcher,
-                       aligner=aligner)
+                       aligner=aligner, gpu_available=gpu)
         metrics.watch(services)
         return services
 

@@ -69,14 +69,17 @@ class TranscriptionParams:
     opencc: str | None = None  # the OpenCC conversion to apply (s2t, s2tw, s2twp, s2hk, t2s), if any
     align_words: bool = False  # time the words with the forced aligner
     word_timestamps: bool = False  # and show them (JSON words, word-level VTT): the request asked
+    task: str = "transcribe"  # or "translate" (into target_language), where the engine can
+    target_language: str | None = None
 
     @property
     def generation(self) -> GenerationOptions:
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                  repetition_penalty=self.repetition_penalty,
-                                 instruction=instruction_for(self.language, self.prompt),
+                                 instruction=instruction_for(self.language, self.prompt, self.target_language),
                                  language=self.language, prompt=self.prompt,
-                                 align=self.language if self.align_words else None)
+                                 align=self.language if self.align_words else None,
+                                 target_language=self.target_language)
 
 
 class Lane(Protocol):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from serve.batching import BatchRunner, SegmentOutOfMemory
-from serve.engine import QwenOmniEngine
+from serve.engines.qwen2_5_omni import QwenOmniEngine
 from serve.generation import EngineOutOfMemory, GenerationOptions, SegmentResult
 from serve.scheduler import FairScheduler, Flow
 from tests.conftest import form_upload, services_of, wait_until

@@ -61,7 +61,7 @@ def test_the_real_engine_renders_each_instruction(app, client, audio_dir: Path) 
                                                                      prompt="Qwen"))
         assert response.status_code == 200
     engine = services_of(app).models._model.engine
-    assert {instruction_for(lang, "Qwen") for lang in ("zh", "ja", "auto")} <= set(engine._prompts)
+    assert {instruction_for(lang, "Qwen") for lang in ("zh", "ja", "auto")} <= {i for _, i in engine._prompts}
 
 
 class SoftwareRecognizer(RecordingRecognizer):

@@ -14,8 +14,6 @@ from ..language_id import transcript_language
 from ..transcript import Piece, Transcript
 from ..uploads import content_disposition, download_name
 
-MIMETYPES = {"txt": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
-
 
 def iso(moment: datetime | None) -> str | None:
     """The guide's timestamp format: 2025-10-11T02:00:00.000000."""
@@ -77,7 +75,7 @@ def attachment(job: Job, extension: str, *, word_level: bool = False) -> Respons
     transcript = Transcript.from_dict(job.result or {"pieces": [], "duration": 0})
     body = formats.render(extension, transcript,
                           word_level=word_level or bool(job.params.get("word_timestamps"))).encode("utf-8")
-    response = send_file(io.BytesIO(body), mimetype=MIMETYPES[extension])
+    response = send_file(io.BytesIO(body), mimetype=formats.MIMETYPES[extension])
     note = formats.word_timestamps_note(transcript)
     if note and extension in ("srt", "vtt"):
         response.headers["X-Word-Timestamps-Note"] = header_safe(note)
@@ -99,13 +97,23 @@ def transcript_json(job: Job, *, words: bool = False) -> dict[str, Any]:
         "job_id": job.id,
         "filename": job.filename,
         "duration": round(transcript.duration, 3),
-        # The ISO code the request named, else the one detected from the text (null when unsure)
-        "language": transcript_language(job.params.get("language", "auto"), transcript.text,
-                                        transcript.heard_language),
+        # The ISO code the request named, else the one detected from the text (null when unsure); a
+        # translation's is the language it was translated into
+        "language": answer_language(job.params, transcript),
+        **({"task": "translate", "target_language": job.params["target_language"]}
+           if job.params.get("task") == "translate" else {}),
         "segments": formats.to_segments(transcript, words=words),
         **({"word_timestamps_note": note} if words and (note := formats.word_timestamps_note(transcript)) else {}),
         **({"output_error": job.output_error} if job.output_error else {}),
     }
+
+
+def answer_language(params: dict[str, Any], transcript: Transcript) -> str | None:
+    """The language of the answer's text (ISO code): the translation's target, the one the request named, the
+    one the model said it heard, else the one its text reads as (None when unsure)."""
+    if params.get("task") == "translate":
+        return params["target_language"]
+    return transcript_language(params.get("language", "auto"), transcript.text, transcript.heard_language)
 
 
 def header_safe(text: str) -> str:

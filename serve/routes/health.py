@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import redis
-import torch
 from flask import Blueprint, jsonify
 
 from ..distributed.cluster import summary
 from ..model_manager import gpu_memory_bytes
+from ..params import capabilities
 from ..services import services
 from .common import now_iso
 
@@ -43,7 +43,7 @@ def health():  # type: ignore[no-untyped-def]
     if s.cluster is None:
         allocated, reserved = gpu_memory_bytes(s.settings.device)
         model = {
-            "model_loaded": s.models.loaded, "gpu_available": torch.cuda.is_available(),
+            "model_loaded": s.models.loaded, "gpu_available": s.gpu_available,
             "gpu_memory_allocated_gb": round(allocated / _GIB, 2), "gpu_memory_reserved_gb": round(reserved / _GIB, 2),
             "model_state": s.models.state.value, "model_error": s.models.last_error,
         }
@@ -68,6 +68,8 @@ def health():  # type: ignore[no-untyped-def]
         "store": "ok" if store_problem is None else f"cannot be written: {store_problem}",
         "shutting_down": s.jobs.stopping,
         # Word times: the forced aligner beside the model (in the scale-out API role, each worker holds its own)
+        # The engine the checkpoint's config names, and what it can be asked (languages, translation, segments)
+        "engine": capabilities(s.settings).to_dict(),
         "aligner": s.aligner.state() if s.aligner is not None else {"configured": bool(s.settings.aligner_path)},
     }
     if redis_state is not None:

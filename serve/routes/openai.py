@@ -1,4 +1,5 @@
-"""OpenAI-compatible audio API: POST /v1/audio/transcriptions, GET /v1/models and /v1/models/{id}.
+"""OpenAI-compatible audio API: POST /v1/audio/transcriptions and /v1/audio/translations, GET /v1/models and
+/v1/models/{id}.
 
 Clients built for OpenAI (the ``openai`` SDKs, LangChain, Open WebUI, subtitle tools) work unchanged with
 ``base_url=http://host:5000/v1``. Requests become the same jobs on the same queue as the native endpoints;
@@ -18,12 +19,13 @@ from .. import formats
 from ..config import Settings
 from ..errors import InvalidParameter, ModelNotFound
 from ..jobs import Job, JobKind, JobStatus
-from ..language_id import openai_name, transcript_language
+from ..language_id import openai_name
 from ..params import parse_params
 from ..services import services
 from ..text import separator
+from ..transcriber import TranscriptionParams
 from ..transcript import Transcript
-from .common import header_safe
+from .common import answer_language, header_safe
 from .transcribe import client_disconnected, submit_upload, wait_for
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -91,7 +93,8 @@ def retrieve_model(model_id: str):  # type: ignore[no-untyped-def]
     return jsonify(_model(model_id))
 
 
-def _options() -> tuple[str, bool, bool]:
+def _options(*, translation: bool = False) -> tuple[str, bool, bool]:
+    """(response_format, stream, word timestamps) of the request; translations take neither of the last two."""
     form = request.form
     model = form.get("model", "")
     if not model.strip() or len(model) > 256:
@@ -111,8 +114,9 @@ def _options() -> tuple[str, bool, bool]:
         raise InvalidParameter("word timestamps need response_format verbose_json (or srt/vtt)",
                                param="timestamp_granularities[]")
     stream = (form.get("stream") or "false").lower() in ("true", "1")
-    if stream and response_format not in ("json", "text"):
-        raise InvalidParameter("stream=true is available with response_format json or text", param="stream")
+    if stream and (translation or response_format not in ("json", "text")):
+        raise InvalidParameter("stream=true is available for transcriptions with response_format json or text",
+                               param="stream")
     return response_format, stream, words
 
 
@@ -152,18 +156,68 @@ def create_transcription():  # type: ignore[no-untyped-def]
                           words_asked=True if words else None)
     if stream:
         return _stream(submit_upload("txt", JobKind.SYNC, params))
+    return _answer(params, response_format, words)
+
+
+@bp.post("/audio/translations")
+def create_translation():  # type: ignore[no-untyped-def]
+    """Translate an upload's speech into English (OpenAI-compatible)
+    ---
+    post:
+      summary: Translate an upload's speech into English (OpenAI-compatible)
+      description: Qwen2.5-Omni translates with its authors' speech-translation instruction. A server whose
+        model transcribes only (Qwen3-ASR) answers 400. The native endpoints take task=translate with a
+        target_language for other languages.
+      requestBody:
+        required: true
+        content:
+          multipart/form-data:
+            schema: OpenAITranslateForm
+      responses:
+        200:
+          description: the translation, in the requested response_format
+          content:
+            application/json:
+              schema:
+                oneOf: [{$ref: '#/components/schemas/OpenAITranslation'},
+                        {$ref: '#/components/schemas/OpenAIVerboseTranslation'}]
+            text/plain: {schema: {type: string}}
+            text/vtt: {schema: {type: string}}
+        400: OpenAIBadRequest
+        401: OpenAIUnauthorized
+        409: OpenAIConflict
+        413: OpenAITooLarge
+        415: OpenAIUnsupported
+        429: OpenAIRateLimited
+        500: OpenAIServerError
+        503: OpenAIUnavailable
+    """
+    response_format, _stream_asked, words = _options(translation=True)
+    if words:
+        raise InvalidParameter("word timestamps are not available for translations",
+                               param="timestamp_granularities[]")
+    # OpenAI's translations are into English; the form names no language (a `language` given is the spoken one).
+    form = {key: value for key, value in request.form.items() if key not in ("task", "target_language")}
+    params = parse_params(form, services().settings, task="translate")
+    return _answer(params, response_format, words=False)
+
+
+def _answer(params: TranscriptionParams, response_format: str, words: bool):  # type: ignore[no-untyped-def]
+    """Run the request's job and answer in OpenAI's ``response_format``."""
+    translation = params.task == "translate"
     saved_as = response_format if response_format in ("srt", "vtt") else "txt"
     job = wait_for(submit_upload(saved_as, JobKind.SYNC, params))
     transcript = Transcript.from_dict(job.result or {"pieces": [], "duration": 0})
     if response_format == "json":
-        return jsonify(text=transcript.text, usage=formats.usage(transcript))
+        return jsonify(text=transcript.text) if translation else \
+            jsonify(text=transcript.text, usage=formats.usage(transcript))
     if response_format == "verbose_json":
-        language = openai_name(transcript_language(params.language, transcript.text, transcript.heard_language))
+        language = openai_name(answer_language(job.params, transcript))
         return jsonify(formats.to_verbose_json(transcript, language=language, temperature=params.temperature,
-                                               words=words))
+                                               words=words, task=params.task))
     output_format = {"text": "txt"}.get(response_format, response_format)
-    mimetype = "text/vtt" if response_format == "vtt" else "text/plain"
-    response = Response(formats.render(output_format, transcript, word_level=words), mimetype=mimetype)
+    response = Response(formats.render(output_format, transcript, word_level=words),
+                        mimetype=formats.OPENAI_MIMETYPES[output_format])
     note = formats.word_timestamps_note(transcript)
     if note and output_format in ("srt", "vtt"):
         response.headers["X-Word-Timestamps-Note"] = header_safe(note)

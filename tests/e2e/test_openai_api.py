@@ -129,3 +129,47 @@ def test_not_audio_and_wrong_key(server: Server, client: openai.OpenAI) -> None:
     with pytest.raises(openai.AuthenticationError) as denied:
         intruder.models.list()
     assert denied.value.body["type"] == "authentication_error"
+
+
+def test_translations_into_english(client: openai.OpenAI, audio_dir: Path) -> None:
+    with open(audio_dir / "speech.mp3", "rb") as f:
+        result = client.audio.translations.create(model="whisper-1", file=f, prompt="Qwen", temperature=0.0)
+    assert isinstance(result, openai.types.audio.Translation) and result.text
+    with open(audio_dir / "tone.wav", "rb") as f:
+        verbose = client.audio.translations.create(model=MODEL, file=f, response_format="verbose_json",
+                                                   extra_body={"segment_duration": 2})
+    assert isinstance(verbose, openai.types.audio.TranslationVerbose)
+    assert verbose.language == "english" and verbose.duration == pytest.approx(7.3)
+    assert [(s.start, s.end) for s in verbose.segments] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 7.3)]
+    assert verbose.model_extra["task"] == "translate" and "usage" not in verbose.model_extra
+    with open(audio_dir / "tone.wav", "rb") as f:
+        subtitles = client.audio.translations.create(model=MODEL, file=f, response_format="srt",
+                                                     extra_body={"segment_duration": 2})
+    assert [cue.end.total_seconds() for cue in srt.parse(subtitles)][-1] == pytest.approx(7.3)
+    with open(audio_dir / "speech.wav", "rb") as f:
+        text = client.audio.translations.create(model=MODEL, file=f, response_format="text")
+    assert isinstance(text, str) and text.strip()
+
+
+def test_native_translation_and_its_refusals(server: Server, audio_dir: Path) -> None:
+    import requests
+
+    def post(**fields: str) -> requests.Response:
+        with open(audio_dir / "tone.wav", "rb") as f:
+            return requests.post(f"{server.url}/transcribe/json", files={"file": ("tone.wav", f)}, data=fields,
+                                 headers={"Authorization": "Bearer sk-local-test"}, timeout=120)
+
+    body = post(task="translate", target_language="zh", language="en", segment_duration="2", enable_s2t="true").json()
+    assert body["task"] == "translate" and body["target_language"] == "zh" and body["language"] == "zh"
+    assert len(body["segments"]) == 4
+    assert post(task="translate").json()["target_language"] == "en"  # OpenAI's direction by default
+    for fields, param in (({"target_language": "de"}, "target_language"),
+                          ({"task": "summarise"}, "task"),
+                          ({"task": "translate", "target_language": "fil"}, "target_language"),
+                          ({"task": "translate", "word_timestamps": "true"}, "word_timestamps")):
+        refused = post(**fields)
+        assert refused.status_code == 400 and refused.json()["param"] == param, refused.json()
+    with open(audio_dir / "speech.wav", "rb") as f, pytest.raises(openai.BadRequestError) as exc:
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-local-test", max_retries=0).audio.translations.create(
+            model=MODEL, file=f, response_format="verbose_json", extra_body={"timestamp_granularities[]": "word"})
+    assert exc.value.body["param"] == "timestamp_granularities[]"

@@ -74,3 +74,18 @@ def test_the_openai_api_with_strict_validation(server: Server, audio_dir: Path) 
                                                     extra_body={"segment_duration": 2})
     assert result.segments and all(s.tokens for s in result.segments)
     assert result.language  # what the model named (random weights: often nothing, then "unknown")
+
+
+def test_translation_is_refused_and_its_own_languages_and_segments_are_taken(server: Server, audio_dir: Path) -> None:
+    engine = server.health()["engine"]
+    assert engine["family"] == "Qwen3-ASR" and not engine["translates"] and engine["max_segment_seconds"] == 1200
+    assert "da" in engine["languages"] and "uk" not in engine["languages"]
+    refused = post(server, "/transcribe/json", audio_dir / "tone.wav", task="translate", target_language="en")
+    assert refused.status_code == 400 and refused.json()["param"] == "task"
+    assert "Qwen3-ASR" in refused.json()["error"] and "cannot translate" in refused.json()["error"]
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with open(audio_dir / "tone.wav", "rb") as f, pytest.raises(openai.BadRequestError) as exc:
+        client.audio.translations.create(model="whisper-1", file=f)
+    assert exc.value.body["param"] == "task" and "cannot translate" in exc.value.body["message"]
+    danish = post(server, "/transcribe/json", audio_dir / "tone.wav", language="da", segment_duration="600").json()
+    assert danish["language"] == "da" and len(danish["segments"]) == 1  # one segment past Omni's 290 s bound

@@ -12,8 +12,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from serve.compiled_decode import CACHE_STEP, PROMPT_ROOM, CompiledDecoder, batch_buckets, bucket_for, cache_length
-from serve.engine import GenerationOptions, QwenOmniEngine
+from serve.engines.compiled_decode import (
+    CACHE_STEP,
+    PROMPT_ROOM,
+    CompiledDecoder,
+    batch_buckets,
+    bucket_for,
+    cache_length,
+)
+from serve.engines.qwen2_5_omni import GenerationOptions, QwenOmniEngine
 from tests.conftest import form_upload, sine
 
 GREEDY = GenerationOptions(max_new_tokens=24, temperature=0.0)
@@ -90,7 +97,7 @@ def test_rows_past_the_compiled_budget_go_on_eagerly_to_the_same_tokens(
     compiled.compiled = CompiledDecoder(compiled.model, batch_size=4, cache_len=warm.cache_len, tokens_per_second=0,
                                         min_budget=3)
     try:
-        with caplog.at_level(logging.INFO, logger="serve.engine"):
+        with caplog.at_level(logging.INFO, logger="serve.engines.qwen2_5_omni"):
             assert_same(compiled.generate_batch(CLIPS, GREEDY), eager.generate_batch(CLIPS, GREEDY))
     finally:
         compiled.compiled = warm

@@ -9,21 +9,20 @@ import pytest
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
 from serve.config import Settings
-from serve.engine import QwenOmniEngine
+from serve.engines import spec_for_checkpoint
+from serve.engines.qwen3_asr import Qwen3AsrEngine, _after
 from serve.errors import InvalidParameter
 from serve.generation import GenerationOptions
 from serve.language_id import openai_name
-from serve.languages import LANGUAGES, QWEN3_ASR_LANGUAGES, QWEN3_ASR_OTHER_LANGUAGES
-from serve.local import engine_class
+from serve.languages import QWEN3_ASR_LANGUAGES, QWEN3_ASR_OTHER_LANGUAGES
 from serve.params import parse_params
-from serve.qwen3_asr import Qwen3AsrEngine, _after
 
 GREEDY = GenerationOptions(max_new_tokens=10, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_asr: Path) -> Qwen3AsrEngine:
-    engine = engine_class(tiny_asr).load(tiny_asr, device="cpu")
+    engine = spec_for_checkpoint(tiny_asr).engine_class().load(tiny_asr, device="cpu")
     yield engine
     engine.close()
 
@@ -33,17 +32,17 @@ def clips() -> list[np.ndarray]:
     return [(0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32) for seconds in (2, 4.5, 3)]
 
 
-def test_the_checkpoint_picks_the_engine(tiny_asr: Path, tiny_checkpoint: Path, tiny_aligner: Path) -> None:
-    assert engine_class(tiny_asr) is Qwen3AsrEngine
-    assert engine_class(tiny_checkpoint) is QwenOmniEngine
-    assert engine_class(tiny_aligner) is QwenOmniEngine  # same config class, not an ASR model: Omni's loader refuses
-
-
 def test_the_language_list_is_the_processor_s() -> None:
-    assert {code for code in LANGUAGES if code in LANGUAGE_CODE_TO_NAME} == QWEN3_ASR_LANGUAGES
-    others = {code: name for code, name in LANGUAGE_CODE_TO_NAME.items() if code not in LANGUAGES}
-    assert others == QWEN3_ASR_OTHER_LANGUAGES
+    assert set(LANGUAGE_CODE_TO_NAME) == QWEN3_ASR_LANGUAGES
+    assert all(LANGUAGE_CODE_TO_NAME[code] == name for code, name in QWEN3_ASR_OTHER_LANGUAGES.items())
     assert openai_name("da") == "danish" and openai_name("xx") == "unknown"
+
+
+def test_a_language_only_qwen3_asr_takes_reaches_the_model(engine: Qwen3AsrEngine) -> None:
+    danish = GenerationOptions(max_new_tokens=4, temperature=0.0, language="da")
+    assert engine.generate_batch(clips()[:1], danish)[0].language == "da"
+    prompt = engine.processor.apply_transcription_request(audio=clips()[:1], language=["da"], tokenize=False)[0]
+    assert prompt.endswith("language Danish<asr_text>")
 
 
 def test_the_language_the_model_names_is_parsed_and_its_prefix_is_not_scored(engine: Qwen3AsrEngine) -> None:
@@ -78,16 +77,20 @@ def test_a_language_qwen3_asr_lacks_is_a_400(tiny_asr: Path, tmp_path: Path) -> 
     (tmp_path / "Qwen").mkdir()
     (tmp_path / "Qwen" / "Qwen3-ASR-tiny").symlink_to(tiny_asr)
     settings = Settings(checkpoint_path="Qwen/Qwen3-ASR-tiny", models_dir=tmp_path / "Qwen")
-    with pytest.raises(InvalidParameter, match="does not transcribe Ukrainian"):
+    with pytest.raises(InvalidParameter, match=r"Qwen3-ASR, does not take Ukrainian \(uk\)"):
         parse_params({"language": "uk"}, settings)
     assert parse_params({"language": "de"}, settings).language == "de"
-    assert parse_params({"language": "uk"}, Settings(models_dir=tmp_path / "Qwen")).language == "uk"  # Omni's
+    assert parse_params({"language": "fil"}, settings).language == "fil"  # one Qwen2.5-Omni is not asked for
+    omni_settings = Settings(models_dir=tmp_path / "Qwen")
+    assert parse_params({"language": "uk"}, omni_settings).language == "uk"  # Omni's
+    with pytest.raises(InvalidParameter, match=r"Qwen2.5-Omni, does not take Filipino"):
+        parse_params({"language": "fil"}, omni_settings)
     # Greedy without a repetition penalty, as its generation config says, unless the server says otherwise.
     params = parse_params({}, settings)
     assert (params.temperature, params.repetition_penalty) == (0.0, 1.0)
     own = Settings(checkpoint_path="Qwen/Qwen3-ASR-tiny", models_dir=tmp_path / "Qwen", temperature=0.3)
     assert (parse_params({}, own).temperature, parse_params({}, own).repetition_penalty) == (0.3, 1.0)
-    omni = parse_params({}, Settings(models_dir=tmp_path / "Qwen"))
+    omni = parse_params({}, omni_settings)
     assert (omni.temperature, omni.repetition_penalty) == (0.1, 1.1)  # the guide's
 
 
@@ -99,3 +102,35 @@ def test_the_engine_refuses_a_language_it_lacks_as_a_client_error(engine: Qwen3A
     with pytest.raises(InvalidParameter) as refused:
         engine.generate_batch(clips()[:1], GenerationOptions(max_new_tokens=4, language="uk"))
     assert failure_of(refused.value).http_status == 400
+
+
+def test_translation_is_refused_by_the_server_and_by_the_engine(engine: Qwen3AsrEngine, tiny_asr: Path,
+                                                                tmp_path: Path) -> None:
+    from serve.errors import failure_of
+
+    (tmp_path / "Qwen").mkdir()
+    (tmp_path / "Qwen" / "Qwen3-ASR-tiny").symlink_to(tiny_asr)
+    settings = Settings(checkpoint_path="Qwen/Qwen3-ASR-tiny", models_dir=tmp_path / "Qwen")
+    with pytest.raises(InvalidParameter, match="Qwen3-ASR, transcribes only and cannot translate") as refused:
+        parse_params({"task": "translate"}, settings)
+    assert refused.value.param == "task"
+    with pytest.raises(InvalidParameter, match="cannot translate") as refused:
+        engine.generate_batch(clips()[:1], GenerationOptions(max_new_tokens=4, target_language="en"))
+    assert failure_of(refused.value).http_status == 400
+
+
+def test_segments_up_to_its_limit(tiny_asr: Path, tmp_path: Path, engine: Qwen3AsrEngine) -> None:
+    (tmp_path / "Qwen").mkdir()
+    (tmp_path / "Qwen" / "Qwen3-ASR-tiny").symlink_to(tiny_asr)
+    settings = Settings(checkpoint_path="Qwen/Qwen3-ASR-tiny", models_dir=tmp_path / "Qwen")
+    assert parse_params({"segment_duration": "1200"}, settings).segment_duration == 1200
+    with pytest.raises(InvalidParameter, match="segment_duration"):
+        parse_params({"segment_duration": "1201"}, settings)
+    with pytest.raises(InvalidParameter, match="segment_duration"):
+        parse_params({"segment_duration": "600"}, Settings(models_dir=tmp_path / "Qwen"))  # Omni: 290 s
+    # A segment past Qwen2.5-Omni's 300 s reaches the model whole: the processor does not truncate it.
+    rng = np.random.default_rng(5)
+    long_clip = (0.1 * rng.standard_normal(16000 * 400)).astype(np.float32)
+    inputs = engine.processor.apply_transcription_request(audio=[long_clip], return_tensors="pt")
+    assert inputs["input_features"].shape[-1] >= 400 * 100  # 100 mel frames a second
+    assert engine.generate_batch([long_clip], GenerationOptions(max_new_tokens=3, temperature=0.0))[0].tokens

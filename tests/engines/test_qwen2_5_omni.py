@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,15 @@ import pytest
 import torch
 from transformers import WhisperFeatureExtractor
 
-from serve.engine import (
+from serve.engines import EngineLoadError
+from serve.engines.qwen2_5_omni import QwenOmniEngine, audio_token_count
+from serve.engines.runtime import pick_attention
+from serve.generation import (
     DEFAULT_INSTRUCTION,
     SYSTEM_PROMPT,
-    EngineLoadError,
+    TRANSLATION_SYSTEM_PROMPT,
     GenerationOptions,
-    QwenOmniEngine,
-    audio_token_count,
-    pick_attention,
+    system_prompt_for,
 )
 from tests.conftest import sine
 
@@ -73,6 +75,22 @@ def test_prompt_follows_the_asr_recipe(engine: QwenOmniEngine) -> None:
     assert prompt.startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n")
     assert f"{DEFAULT_INSTRUCTION}<|audio_bos|><|AUDIO|><|audio_eos|><|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_translation_follows_the_authors_recipe_and_reaches_the_model(engine: QwenOmniEngine) -> None:
+    from serve.transcriber import TranscriptionParams
+
+    params = TranscriptionParams(segment_duration=30, max_new_tokens=6, temperature=0.0, repetition_penalty=1.0,
+                                 language="de", task="translate", target_language="en")
+    options = params.generation
+    assert options.instruction == "Listen to the provided German speech and produce a translation in English text."
+    ids = engine._inputs([sine(1.0)], options.instruction, system_prompt_for(options))["input_ids"][0]
+    rendered = engine.tokenizer.decode(ids)
+    assert rendered.startswith(f"<|im_start|>system\n{TRANSLATION_SYSTEM_PROMPT}<|im_end|>")
+    assert f"{options.instruction}<|audio_bos|>" in rendered
+    transcribed = engine.generate_batch([sine(1.0)], replace(options, target_language=None,
+                                                             instruction=DEFAULT_INSTRUCTION))[0]
+    assert engine.generate_batch([sine(1.0)], options)[0].tokens != transcribed.tokens
 
 
 @pytest.mark.parametrize("seconds", [0.05, 0.5, 1.0, 7.3, 30.0])

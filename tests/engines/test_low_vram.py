@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from serve import low_vram
 from serve.config import parse_args
-from serve.engine import GenerationOptions, QwenOmniEngine
+from serve.engines import low_vram
+from serve.engines.qwen2_5_omni import GenerationOptions, QwenOmniEngine
 
 OPTIONS = GenerationOptions(12, 0.0, 1.0)
 
@@ -73,7 +73,7 @@ def test_on_cpu_it_loads_warns_and_transcribes_the_same(tiny_awq_checkpoint: Pat
     normal = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu")
     expected = normal.transcribe_batch(clips, OPTIONS)
     normal.close()
-    with caplog.at_level(logging.WARNING, logger="serve.engine"):
+    with caplog.at_level(logging.WARNING, logger="serve.engines.qwen2_5_omni"):
         engine = QwenOmniEngine.load(tiny_awq_checkpoint, device="cpu", low_vram=True)
     assert "--low-vram has no effect on the CPU" in caplog.text
     assert engine.low_vram and engine.device == torch.device("cpu")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import importlib.util
 import json
 import logging
 import threading
@@ -30,11 +29,20 @@ from transformers import (
 )
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
-from . import awq, compiled_decode
+from ..audio import SAMPLE_RATE
+from ..generation import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, GenerationOptions, SegmentResult, system_prompt_for
+from . import EngineLoadError, awq, compiled_decode
 from . import low_vram as low_vram_mode
-from .audio import SAMPLE_RATE
 from .compiled_decode import CompiledDecoder, DecodePlan, batch_buckets
-from .generation import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, EngineOutOfMemory, GenerationOptions, SegmentResult
+from .runtime import (
+    batch_size_for,
+    generation_config,
+    out_of_memory_after_release,
+    pick_attention,
+    pick_device,
+    pick_dtype,
+    weights_bytes,
+)
 from .token_scores import TokenScores, row_scores
 
 log = logging.getLogger(__name__)
@@ -44,43 +52,10 @@ END_OF_TURN_TOKEN = "<|im_end|>"
 END_OF_TEXT_TOKEN = "<|endoftext|>"
 
 
-class EngineLoadError(Exception):
-    """The checkpoint cannot be loaded as a Qwen2.5-Omni thinker."""
-
-
 def audio_token_count(mel_frames: int) -> int:
     """Tokens the audio encoder emits for ``mel_frames`` (its two stride-2 stages, as the processor computes)."""
     after_conv = (mel_frames - 1) // 2 + 1
     return (after_conv - 2) // 2 + 1
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EngineLoadError(f"device {setting!r} requested but CUDA is not available")
-    return device
-
-
-def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it (and the int4 kernels need it), fp16 on older GPUs, fp32 on CPU."""
-    if device.type == "cuda":
-        # Native bf16 only (Ampere and newer): emulated bf16 on older cards is slower than fp16.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    return torch.float32
-
-
-def pick_attention(flash_attn2: bool, device: torch.device, dtype: torch.dtype) -> str:
-    if not flash_attn2:
-        return "sdpa"
-    if importlib.util.find_spec("flash_attn") is None:
-        log.warning("--flash-attn2 requested but flash-attn is not installed: using SDPA attention")
-        return "sdpa"
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
-        log.warning("--flash-attn2 needs a CUDA device and fp16/bf16: using SDPA attention")
-        return "sdpa"
-    return "flash_attention_2"
 
 
 def _quantization_dict(config: Any) -> dict[str, Any] | None:
@@ -169,7 +144,7 @@ class QwenOmniEngine:
             [model.config.audio_start_token_id] if getattr(model.config, "audio_start_token_id", None) else [])]
         self._max_positions = model.config.text_config.max_position_embeddings
         self._chat_template = chat_template
-        self._prompts: dict[str, str] = {}
+        self._prompts: dict[tuple[str, str], str] = {}
         self._prompt = self.prompt_for(DEFAULT_INSTRUCTION)  # also checks the template once, at load
         self.compiled: CompiledDecoder | None = None  # set by compile_decode()
 
@@ -178,7 +153,7 @@ class QwenOmniEngine:
              low_vram: bool = False, awq_dequant_rows: int = -1) -> QwenOmniEngine:
         """Load the thinker of a full Qwen2.5-Omni checkpoint (or a thinker-only one) from a local folder.
 
-        ``low_vram``: keep the audio encoder and token embeddings in CPU memory (:mod:`serve.low_vram`).
+        ``low_vram``: keep the audio encoder and token embeddings in CPU memory (:mod:`serve.engines.low_vram`).
         ``awq_dequant_rows``: AWQ layers run inputs of at least this many rows on their dequantised weight
         (0: never; -1: :func:`awq.default_dequant_rows` for the device).
         """
@@ -252,12 +227,16 @@ class QwenOmniEngine:
     def device(self) -> torch.device:
         return self.model.device
 
-    def prompt_for(self, instruction: str) -> str:
-        """The chat-template rendering of the ASR turn for ``instruction`` (with one audio placeholder)."""
-        prompt = self._prompts.get(instruction)
+    def memory_bytes(self) -> int:
+        return weights_bytes(self.model)
+
+    def prompt_for(self, instruction: str, system_prompt: str = SYSTEM_PROMPT) -> str:
+        """The chat-template rendering of the turn for ``instruction`` (with one audio placeholder), under the
+        recognition (or translation) system prompt."""
+        prompt = self._prompts.get((system_prompt, instruction))
         if prompt is None:
             messages = [
-                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "system", "content": system_prompt},
                 {"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "audio"}]},
             ]
             prompt = self.tokenizer.apply_chat_template(messages, chat_template=self._chat_template,
@@ -265,7 +244,7 @@ class QwenOmniEngine:
             if prompt.count(AUDIO_TOKEN) != 1:
                 raise EngineLoadError("the chat template does not render exactly one audio placeholder")
             if len(self._prompts) < 256:  # a few languages x prompts; do not grow without bound
-                self._prompts[instruction] = prompt
+                self._prompts[system_prompt, instruction] = prompt
         return prompt
 
     def _features(self, samples: np.ndarray) -> torch.Tensor:
@@ -281,7 +260,8 @@ class QwenOmniEngine:
         features = extractor([padded], sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="pt")
         return features["input_features"][:, :, :frames]
 
-    def _inputs(self, batch: list[np.ndarray], instruction: str = DEFAULT_INSTRUCTION) -> dict[str, torch.Tensor]:
+    def _inputs(self, batch: list[np.ndarray], instruction: str = DEFAULT_INSTRUCTION,
+                system_prompt: str = SYSTEM_PROMPT) -> dict[str, torch.Tensor]:
         """Model inputs for a batch of clips: prompts left-padded, features right-padded and masked."""
         features = [self._features(samples)[0] for samples in batch]
         frames = [f.shape[-1] for f in features]
@@ -291,7 +271,7 @@ class QwenOmniEngine:
         for i, f in enumerate(features):
             input_features[i, :, : f.shape[-1]] = f
             feature_mask[i, : f.shape[-1]] = 1
-        template = self.prompt_for(instruction)
+        template = self.prompt_for(instruction, system_prompt)
         prompts = [template.replace(AUDIO_TOKEN, AUDIO_TOKEN * audio_token_count(n)) for n in frames]
         tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
         device = self.device
@@ -319,10 +299,10 @@ class QwenOmniEngine:
 
     def generate_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[SegmentResult]:
         """Several segments generated together (each stops at its own end token): the raw text of each,
-        with its token ids and their scores (:mod:`serve.token_scores`)."""
+        with its token ids and their scores (:mod:`serve.engines.token_scores`)."""
         clips = [np.asarray(samples, dtype=np.float32) for samples in batch]
         with torch.inference_mode():  # inference tensors throughout: a compiled step guards on that too
-            inputs = self._inputs(clips, options.instruction)
+            inputs = self._inputs(clips, options.instruction, system_prompt_for(options))
         prompt_tokens = inputs["input_ids"].shape[1]
         generation_config = self._generation_config(options, prompt_tokens)
         out_of_memory = None
@@ -397,7 +377,7 @@ class QwenOmniEngine:
 
     def compile_decode(self, batch_size: int, segment_seconds: float, max_new_tokens: int, *,
                        cache_dir: Path | None = None) -> float:
-        """Generate with a static cache and a compiled decode step from now on (:mod:`serve.compiled_decode`),
+        """Generate with a static cache and a compiled decode step from now on (:mod:`serve.engines.compiled_decode`),
         compiling at once the graphs of every batch bucket up to ``batch_size`` for segments of
         ``segment_seconds``, so that no request pays for compiling. Returns the warm-up's seconds.
 
@@ -460,48 +440,6 @@ class QwenOmniEngine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def batch_size_for(model: Any, device: torch.device, tokens_per_segment: float, limit: int,
-                   reserve_bytes: int = 0) -> int:
-    """How many segments of ``tokens_per_segment`` KV-cache positions each fit in the free memory of ``device``
-    (1 on CPU, where batching buys little): their cache with 50% headroom plus a fixed 256 MiB each for the
-    audio encoder's activations, in 80% of what is free once ``reserve_bytes`` (a model that loads later,
-    the aligner) are set aside."""
-    if device.type != "cuda":
-        return 1
-    text = model.config.text_config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    kv_bytes_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * model.dtype.itemsize
-    per_segment = 1.5 * kv_bytes_per_token * tokens_per_segment + 256 * 1024**2
-    free, _total = torch.cuda.mem_get_info(device)
-    return max(1, min(limit, int(0.8 * max(0, free - reserve_bytes) // per_segment)))
-
-
-def generation_config(options: GenerationOptions, stop_ids: list[int], pad_id: int, *,
-                      max_new_tokens: int) -> GenerationConfig:
-    """``generate``'s settings for a request's options: each row stops at its own end token; sampling at the
-    request's temperature over the whole vocabulary, or greedy at 0."""
-    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "repetition_penalty": options.repetition_penalty,
-                                "eos_token_id": stop_ids, "pad_token_id": pad_id}
-    if options.temperature > 0:
-        settings.update(do_sample=True, temperature=options.temperature, top_k=0, top_p=1.0)
-    else:
-        settings.update(do_sample=False)
-    return GenerationConfig(**settings)
-
-
-def out_of_memory_after_release(message: str) -> EngineOutOfMemory:
-    """The engine's out-of-memory signal, once the failed attempt's memory is back.
-
-    Call it out of the ``except`` block, with the caller's inputs dropped: the error and its traceback are
-    gone, and with them the attempt's KV cache and activations, so only now can the cache be emptied, and
-    the exception carries no reference to them (no __cause__, no __context__) while the batch is retried
-    smaller."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return EngineOutOfMemory(message)
 
 
 def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from serve import awq
-from serve.engine import EngineLoadError, QwenOmniEngine
+from serve.engines import EngineLoadError, awq
+from serve.engines.qwen2_5_omni import QwenOmniEngine
 
 
 def random_awq_linear(in_features: int = 256, out_features: int = 64, group: int = 128):  # type: ignore[no-untyped-def]
@@ -267,7 +267,7 @@ def test_cuda_tinygemm_layout_unpacks_and_dequantised_matmul_matches() -> None:
 def test_cuda_engine_runs_the_awq_checkpoint(tiny_awq_checkpoint: Path) -> None:
     import numpy as np
 
-    from serve.engine import GenerationOptions
+    from serve.engines.qwen2_5_omni import GenerationOptions
 
     engine = QwenOmniEngine.load(tiny_awq_checkpoint, device="cuda")
     assert engine.device.type == "cuda"

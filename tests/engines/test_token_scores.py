@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve.engine import QwenOmniEngine
+from serve.engines.qwen2_5_omni import QwenOmniEngine
 from serve.generation import GenerationOptions, SegmentResult
 
 

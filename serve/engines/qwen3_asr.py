@@ -1,5 +1,5 @@
 """Qwen3-ASR (``Qwen/Qwen3-ASR-1.7B-hf``, ``-0.6B-hf``) as a speech recogniser: the same engine interface as
-the Qwen2.5-Omni thinker (:mod:`serve.engine`), so that everything above it (batch runner, pipeline, jobs,
+the Qwen2.5-Omni thinker (:mod:`serve.engines`), so that everything above it (batch runner, pipeline, jobs,
 routes, scale-out) runs it unchanged.
 
 Inputs are built by the model's own processor (``apply_transcription_request``): the context prompt in the
@@ -22,17 +22,18 @@ import torch
 from transformers import AutoProcessor, LogitsProcessorList, Qwen3ASRForConditionalGeneration
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
-from .engine import (
-    EngineLoadError,
+from ..errors import InvalidParameter
+from ..generation import GenerationOptions, SegmentResult
+from . import EngineLoadError
+from .runtime import (
     batch_size_for,
     generation_config,
     out_of_memory_after_release,
     pick_attention,
     pick_device,
     pick_dtype,
+    weights_bytes,
 )
-from .errors import InvalidParameter
-from .generation import GenerationOptions, SegmentResult
 from .token_scores import TokenScores, row_scores
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class Qwen3AsrEngine:
     def device(self) -> torch.device:
         return self.model.device
 
+    def memory_bytes(self) -> int:
+        return weights_bytes(self.model)
+
     def transcribe_batch(self, batch: list[np.ndarray], options: GenerationOptions) -> list[str]:
         return [result.parts[0] for result in self.generate_batch(batch, options)]
 
@@ -104,6 +108,9 @@ class Qwen3AsrEngine:
         """Several segments generated together: the transcript of each, the language the model named (when
         the request named none), the generated ids and their scores."""
         clips = [np.asarray(samples, dtype=np.float32) for samples in batch]
+        if options.target_language is not None:
+            raise InvalidParameter("this server's model, Qwen3-ASR, transcribes only and cannot translate: serve "
+                                   "Qwen2.5-Omni for translation", param="task")
         forced = None if options.language == "auto" else options.language
         if forced is not None and forced not in LANGUAGE_CODE_TO_NAME:
             raise InvalidParameter(f"this server's model, Qwen3-ASR, does not transcribe {forced!r}: name another "
@@ -147,7 +154,8 @@ class Qwen3AsrEngine:
         tokens = 13 * segment_seconds + 64 + min(max_new_tokens, 8 * segment_seconds)
         return batch_size_for(self.model, self.device, tokens, limit, reserve_bytes)
 
-    def compile_decode(self, *args: Any, **kwargs: Any) -> float:
+    def compile_decode(self, batch_size: int, segment_seconds: float, max_new_tokens: int, *,
+                       cache_dir: Path | None = None) -> float:
         log.warning("--compiled-decode applies to Qwen2.5-Omni only: Qwen3-ASR generates on the default path")
         return 0.0
 
