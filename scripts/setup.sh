@@ -2,7 +2,8 @@
 # Set up this checkout on a fresh Debian/Ubuntu machine: system packages, a virtualenv, pinned Python packages.
 #   bash scripts/setup.sh         # to serve:  ffmpeg + requirements.txt
 #   bash scripts/setup.sh --dev   # to test:   + espeak-ng (test speech), chromium (browser test),
-#                                 #            redis-server (scale-out tests start their own on loopback)
+#                                 #            redis-server (scale-out tests start their own on loopback),
+#                                 #            nodejs (the guides' JavaScript example)
 #                                 #            + requirements-dev.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,11 +11,11 @@ cd "$(dirname "$0")/.."
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
-packages=(ffmpeg)
-[ "$dev" = 1 ] && packages+=(espeak-ng chromium redis-server)
+packages=(ffmpeg)  # command[:Debian package], where the two names differ
+[ "$dev" = 1 ] && packages+=(espeak-ng chromium redis-server node:nodejs)
 missing=()
-for package in "${packages[@]}"; do
-  command -v "$package" >/dev/null 2>&1 || missing+=("$package")
+for entry in "${packages[@]}"; do
+  command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
