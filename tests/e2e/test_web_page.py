@@ -127,7 +127,7 @@ def test_pick_a_file_watch_it_grow_and_download_every_format(page, server: Serve
         page.screenshot(path=screenshot, full_page=True)
 
 
-def test_drop_a_file(page, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_drop_a_file_to_translate(page, server: Server, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
     page.fill("#apikey", KEY)
     data = base64.b64encode((audio_dir / "speech.wav").read_bytes()).decode()
     page.evaluate("""(data) => {
@@ -137,9 +137,17 @@ def test_drop_a_file(page, audio_dir: Path) -> None:  # type: ignore[no-untyped-
         document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer }));
     }""", data)
     assert "dropped speech.wav" in page.inner_text("#chosen")
+    page.wait_for_function("document.getElementById('health').textContent !== 'checking…'")
+    assert page.is_visible("#task")  # Qwen2.5-Omni translates: the page offers it
+    page.select_option("#task", "zh")
     page.click("#start")
     page.wait_for_function("document.getElementById('state').textContent.startsWith('done')", timeout=60000)
     assert page.inner_text("#transcript").strip()
+    job = requests.get(f"{server.url}/jobs", headers={"X-API-Key": KEY}, timeout=5).json()["jobs"][0]
+    result = requests.get(f"{server.url}/result/{job['job_id']}", params={"format": "json"},
+                          headers={"X-API-Key": KEY}, timeout=5).json()
+    assert job["filename"] == "dropped speech.wav"
+    assert (result["task"], result["target_language"], result["language"]) == ("translate", "zh", "zh")
 
 
 def test_a_wrong_key_and_a_bad_file_are_shown_as_errors(page, tmp_path: Path, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]

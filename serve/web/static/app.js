@@ -57,6 +57,10 @@ function uploadForm(file) {
   form.append("segment_duration", $("segment").value);
   if ($("opencc").value) form.append("opencc", $("opencc").value);
   if ($("prompt").value.trim()) form.append("prompt", $("prompt").value.trim());
+  if ($("task").value && !$("task-option").hidden) {  // a translation, into the language chosen
+    form.append("task", "translate");
+    form.append("target_language", $("task").value);
+  }
   return form;
 }
 
@@ -407,6 +411,8 @@ async function health() {
     const body = await (await fetch("/health")).json();
     I18N.say($("health"), body.model_loaded ? "health.loaded" : "health.not_loaded");
     $("health").classList.toggle("ok", !!body.model_loaded);
+    // Translation where the model can (Qwen3-ASR transcribes only); unknown until the checkpoint says.
+    $("task-option").hidden = !!body.engine && !body.engine.translates;
   } catch (_) {
     I18N.say($("health"), "health.unreachable");
   }
