@@ -46,8 +46,9 @@ def test_health_reports_the_guides_fields_without_loading(app, client) -> None: 
 
 
 def test_transcribe_json(app, client, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    # Greedy: sampled, random weights may end at once (the guide's 0.1 is tested on the real server)
     response = client.post("/transcribe/json", data=upload(audio_dir / "speech.mp3", segment_duration="60",
-                                                          temperature="0.1"))
+                                                          temperature="0"))
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "success"

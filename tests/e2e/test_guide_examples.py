@@ -117,8 +117,10 @@ def test_curl_json(server: Server, audio_mp3: Path) -> None:
     out = sh(f'curl -s -X POST -F "file=@audio.mp3" -F "segment_duration=60" -F "temperature=0.1" '
              f"{server.url}/transcribe/json", audio_mp3.parent)
     body = json.loads(out)
-    assert body["status"] == "success" and body["transcription"]
-    assert (server.root / "outputs" / body["output_file"]).is_file()
+    # The guide's temperature samples: random weights may pick an end token at once, so the text may be empty.
+    assert body["status"] == "success" and bool(body["segments"]) == bool(body["transcription"].strip())
+    saved = server.root / "outputs" / body["output_file"]
+    assert saved.read_text(encoding="utf-8").strip() == body["transcription"].strip()
     assert server.health()["model_loaded"] is True
 
 
