@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from serve.evaluation import Score, corpus_rate, guess_language, score  # noqa: E402
-from serve.languages import LANGUAGES  # noqa: E402
+from serve.languages import ALL_LANGUAGES  # noqa: E402
 
 SERVER_TIMEOUT_SECONDS = 3600
 
@@ -86,8 +86,8 @@ def item(audio: Path, reference: str, language: str | None, where: str) -> Item:
     """An item told ``language`` (any case; empty or 'auto': the model detects it and the reference's script
     decides how it is scored)."""
     requested = (language or "").strip().lower() or "auto"
-    if requested != "auto" and requested not in LANGUAGES:
-        raise SystemExit(f"{where}: unknown language {language!r}; one of auto, {', '.join(LANGUAGES)}")
+    if requested != "auto" and requested not in ALL_LANGUAGES:
+        raise SystemExit(f"{where}: unknown language {language!r}; one of auto, {', '.join(ALL_LANGUAGES)}")
     return Item(audio, reference, guess_language(reference) if requested == "auto" else requested, requested)
 
 

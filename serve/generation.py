@@ -5,7 +5,7 @@ them without loading the model's libraries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .languages import LANGUAGES
@@ -73,6 +73,15 @@ class GenerationOptions:
     align: str | None = None
     # Translate into this language (an ISO code) instead of transcribing, for engines that can; None: transcribe.
     target_language: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (a scale-out task's options). Optional settings left unset are left out, so that a
+        worker of an earlier version, which lacks them, still takes what it can do, and refuses the rest."""
+        return {name: value for name, value in asdict(self).items()
+                if not (value is None and name in _OPTIONAL_FIELDS)}
+
+
+_OPTIONAL_FIELDS = ("align", "target_language")
 
 
 @dataclass(frozen=True)

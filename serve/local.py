@@ -67,13 +67,17 @@ def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: Aligner
         checkpoint = resolve_checkpoint(settings.checkpoint_path, local_only=settings.local_model,
                                         models_dir=settings.models_dir, app_dir=APP_DIR)
         spec = spec_for_checkpoint(checkpoint)  # by the config's model_type
-        if settings.segment_duration > spec.capabilities.max_segment_seconds:
-            raise EngineLoadError(f"--segment-duration {settings.segment_duration:g}: {spec.capabilities.family} "
-                                  f"takes segments of at most {spec.capabilities.max_segment_seconds:g} s")
-        engine_class = spec.engine_class()
-        engine = engine_class.load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
-                                   low_vram=settings.low_vram, awq_dequant_rows=settings.awq_dequant_rows)
-        compiled = settings.compiled_decode and not settings.low_vram  # the engine stays eager in low-VRAM mode
+        can = spec.capabilities
+        if (problem := can.segment_flag_problem(settings.segment_duration)) is not None:
+            raise EngineLoadError(problem)
+        for flag, given, applies in (("--low-vram", settings.low_vram, can.low_vram),
+                                     ("--compiled-decode", settings.compiled_decode, can.compiled_decode)):
+            if given and not applies:
+                log.warning("%s does not apply to %s: it runs without", flag, can.family)
+        low_vram = settings.low_vram and can.low_vram
+        engine = spec.engine_class().load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
+                                          low_vram=low_vram, awq_dequant_rows=settings.awq_dequant_rows)
+        compiled = settings.compiled_decode and can.compiled_decode and not low_vram  # eager in low-VRAM mode
         # The aligner loads later, on first use: the batch size leaves room for its weights.
         batch_size = settings.batch_size or engine.suggest_batch_size(
             settings.segment_duration, settings.max_new_tokens, compiled=compiled, reserve_bytes=aligner.prepare())
@@ -86,8 +90,8 @@ def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: Aligner
             except Exception:  # a compiler that fails here (a missing toolchain, memory) must not cost the model
                 log.exception("compiled decode failed at load: generating on the default (eager) path")
 
-        return BatchRunner(engine, batch_size, scheduler, prepare=compile_decode if settings.compiled_decode else None,
-                           aligner=aligner)
+        prepare = compile_decode if settings.compiled_decode and can.compiled_decode else None
+        return BatchRunner(engine, batch_size, scheduler, prepare=prepare, aligner=aligner)
 
     return load
 

@@ -82,7 +82,8 @@ class Health(BaseModel):
     workers: list[Worker] | None = Field(None, description="scale-out: the live workers")
     store: str = Field(description='the job store: "ok", or why it cannot be written (then status is unavailable)')
     shutting_down: bool = Field(description="the server is stopping: it takes no new work")
-    engine: EngineCapabilities
+    engine: EngineCapabilities | None = Field(description="null while the checkpoint is not downloaded and its "
+                                                         "id is not a published one")
     aligner: AlignerState
 
 
@@ -94,7 +95,7 @@ class EngineCapabilities(BaseModel):
     translates: bool = Field(description="task=translate and /v1/audio/translations")
     names_language: bool = Field(description="the model reports the language it heard")
     max_segment_seconds: float
-    temperature: float = Field(description="the default its authors publish (unless the server sets one)")
+    temperature: float = Field(description="the server's default: its flag, else what the model's authors publish")
     repetition_penalty: float
     compiled_decode: bool = Field(description="--compiled-decode applies")
     low_vram: bool = Field(description="--low-vram applies")
@@ -133,8 +134,9 @@ class Transcription(BaseModel):
     job_id: str
     filename: str
     duration: float = Field(description="seconds of audio")
-    language: str | None = Field(description="the ISO code the request named, else the one detected from the "
-                                             "transcript (null when there is too little text to tell)")
+    language: str | None = Field(description="the ISO code the request named, else the one the model heard or the "
+                                             "transcript reads as (null when there is too little text to tell); a "
+                                             "translation's target language")
     segments: list[Segment]
     task: Literal["translate"] | None = Field(None, description="present on translations")
     target_language: str | None = Field(None, description="the language a translation is in")
@@ -183,7 +185,8 @@ class TranscribeForm(BaseModel):
     """The multipart form of every POST /transcribe… (the guide's fields and the additions); all optional but file."""
 
     file: bytes = Field(json_schema_extra={"format": "binary", "type": "string"})
-    segment_duration: float = Field(None, ge=MIN_SEGMENT_SECONDS, le=MAX_SEGMENT_SECONDS)  # type: ignore[assignment]
+    segment_duration: float = Field(None, ge=MIN_SEGMENT_SECONDS, le=MAX_SEGMENT_SECONDS,  # type: ignore[assignment]
+                                    description="at most 290 with Qwen2.5-Omni, 1200 with Qwen3-ASR")
     max_new_tokens: int = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT)  # type: ignore[assignment]
     temperature: float = Field(None, ge=0, le=2)  # type: ignore[assignment]
     repetition_penalty: float = Field(None, gt=0, le=2)  # type: ignore[assignment]
@@ -194,7 +197,8 @@ class TranscribeForm(BaseModel):
     word_timestamps: Literal["true", "false", "1", "0", "yes", "no", "on", "off"] = None  # type: ignore[assignment]
     task: Literal[TASKS] = Field(None, description="translate: into target_language, where the model can (Qwen2.5-"  # type: ignore[valid-type, assignment]
                                  "Omni; Qwen3-ASR answers 400); no word timestamps")
-    target_language: Literal[tuple(LANGUAGES)] = Field(None, description="with task=translate; default en")  # type: ignore[valid-type, assignment]
+    target_language: Literal["auto", *LANGUAGES] = Field(None, description="with task=translate; default (and "  # type: ignore[valid-type, assignment]
+                                                         "auto) en")  # type: ignore[valid-type, assignment]
 
 
 class OpenAITranscribeForm(BaseModel):

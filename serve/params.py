@@ -5,16 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .config import (
     APP_DIR,
     MAX_NEW_TOKENS_LIMIT,
     MAX_REPETITION_PENALTY,
+    MAX_SEGMENT_SECONDS,
     MAX_TEMPERATURE,
     MIN_SEGMENT_SECONDS,
     Settings,
 )
-from .engines import DEFAULT_ENGINE, Capabilities, declared_spec
+from .engines import UNDECLARED, Capabilities, Problem, declared_spec
 from .errors import InvalidParameter
 from .languages import ALL_LANGUAGES
 from .transcriber import TranscriptionParams
@@ -88,14 +90,23 @@ def _choice(form: Mapping[str, str], name: str, choices: tuple[str, ...] | list[
     return value
 
 
+def _refuse(problem: Problem | None) -> None:
+    if problem is not None:
+        param, message = problem
+        raise InvalidParameter(message, param=param)
+
+
 def parse_language(form: Mapping[str, str], defaults: Settings | None = None, name: str = "language") -> str:
     """An ISO code of serve.languages (or auto) that the server's engine takes."""
-    language = _choice(form, name, ["auto", *ALL_LANGUAGES], "auto") or "auto"
-    if language != "auto" and defaults is not None:
-        served = capabilities(defaults)
-        if language not in served.languages:
-            raise InvalidParameter(f"this server's model, {served.family}, does not take {ALL_LANGUAGES[language]} "
-                                   f"({language}): name another language, or auto", param=name)
+    served = capabilities(defaults) if defaults is not None else UNDECLARED
+    raw = _given(form, name)
+    if raw is None:
+        return "auto"
+    language = raw.lower()
+    if language != "auto" and language not in ALL_LANGUAGES:
+        raise InvalidParameter(f"{name} must be one of auto, {', '.join(sorted(served.languages))} "
+                               f"(got {raw[:40]!r})", param=name)
+    _refuse(served.language_problem(language, name))
     return language
 
 
@@ -111,16 +122,31 @@ def _decoding_defaults(settings: Settings) -> tuple[float, float]:
 _DECLARED: dict[tuple[str, Path], Capabilities] = {}  # what each checkpoint was found to be (a config does not change)
 
 
-def capabilities(settings: Settings) -> Capabilities:
-    """What the server's engine can do, from its checkpoint's config (read once, local or in the hub cache).
-    Before a first download, the default engine's: the engine itself then refuses what it cannot do."""
+def declared_capabilities(settings: Settings) -> Capabilities | None:
+    """What the server's engine can do, as its checkpoint's config (read once, local or in the hub cache) or
+    its published hub id says; None while neither does."""
     key = (settings.checkpoint_path, Path(settings.models_dir))
     if key not in _DECLARED:
         spec = declared_spec(settings.checkpoint_path, settings.models_dir, APP_DIR)
         if spec is None:
-            return DEFAULT_ENGINE.capabilities
+            return None
         _DECLARED[key] = spec.capabilities
     return _DECLARED[key]
+
+
+def capabilities(settings: Settings) -> Capabilities:
+    """What requests may ask of the server's engine: its declared capabilities, else what any engine can do
+    (the engine refuses the rest once loaded)."""
+    return declared_capabilities(settings) or UNDECLARED
+
+
+def effective_engine(settings: Settings) -> dict[str, Any] | None:
+    """The engine as /health shows it: its declared capabilities with the server's own decoding defaults."""
+    declared = declared_capabilities(settings)
+    if declared is None:
+        return None
+    temperature, repetition_penalty = _decoding_defaults(settings)
+    return {**declared.to_dict(), "temperature": temperature, "repetition_penalty": repetition_penalty}
 
 
 def parse_prompt(form: Mapping[str, str]) -> str:
@@ -153,17 +179,17 @@ ALIGNER_MAX_SEGMENT_SECONDS = 290.0
 def parse_task(form: Mapping[str, str], defaults: Settings, *, task: str | None = None) -> tuple[str, str | None]:
     """(task, target language): ``task=translate`` with a ``target_language`` (default en) where the engine
     translates; ``task`` given by the route (the OpenAI translations endpoint) wins over the form."""
+    forced = task is not None
     task = task or _choice(form, "task", TASKS, "transcribe")
-    served = capabilities(defaults)
-    if task == "translate" and not served.translates:
-        raise InvalidParameter(f"this server's model, {served.family}, transcribes only and cannot translate: "
-                               "serve Qwen2.5-Omni for translation", param="task")
     if task != "translate":
         if _given(form, "target_language") is not None:
             raise InvalidParameter("target_language needs task=translate", param="target_language")
         return "transcribe", None
-    target = parse_language(form, defaults, name="target_language")
-    return task, "en" if target == "auto" else target
+    target = parse_language(form, None, name="target_language")
+    target = "en" if target == "auto" else target
+    # A route that translates (OpenAI's) has no task field to blame.
+    _refuse(capabilities(defaults).translation_problem(target, None if forced else "task"))
+    return task, target
 
 
 def parse_params(form: Mapping[str, str], defaults: Settings, *, align_by_default: bool = False,
@@ -181,7 +207,8 @@ def parse_params(form: Mapping[str, str], defaults: Settings, *, align_by_defaul
         align_words, word_timestamps = parse_word_timestamps(form, defaults, align_by_default=align_by_default,
                                                              asked=words_asked)
     segment_duration = _number(form, "segment_duration", defaults.segment_duration, MIN_SEGMENT_SECONDS,
-                               capabilities(defaults).max_segment_seconds)
+                               MAX_SEGMENT_SECONDS)
+    _refuse(capabilities(defaults).segment_problem(segment_duration))
     if align_words and segment_duration > ALIGNER_MAX_SEGMENT_SECONDS:
         if word_timestamps:
             raise InvalidParameter(f"word timestamps need segments of at most {ALIGNER_MAX_SEGMENT_SECONDS:g} s "
@@ -209,9 +236,4 @@ def parse_params(form: Mapping[str, str], defaults: Settings, *, align_by_defaul
 def server_defaults_problem(settings: Settings) -> str | None:
     """What is wrong with the server's own defaults for its engine, where its checkpoint says which one
     (the loader checks again once the model is there)."""
-    spec = declared_spec(settings.checkpoint_path, settings.models_dir, APP_DIR)
-    served = spec.capabilities if spec is not None else None
-    if served is not None and settings.segment_duration > served.max_segment_seconds:
-        return (f"--segment-duration: {served.family} takes segments of at most {served.max_segment_seconds:g} s "
-                f"(got {settings.segment_duration:g})")
-    return None
+    return capabilities(settings).segment_flag_problem(settings.segment_duration)

@@ -59,7 +59,7 @@ def test_idle_timeout_accepts_zero_and_negative(idle: str) -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["--port", "0"], ["--port", "abc"], ["--segment-duration", "0"], ["--segment-duration", "400"],
+    ["--port", "0"], ["--port", "abc"], ["--segment-duration", "0"], ["--segment-duration", "1201"],
     ["--max-new-tokens", "0"], ["--max-new-tokens", "100000"], ["--temperature", "-1"],
     ["--repetition-penalty", "0"], ["--device", "tpu"], ["--max-upload-size", "lots"], ["--bogus"],
 ])

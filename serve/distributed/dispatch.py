@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -250,7 +250,7 @@ class RemoteDestination:
         segments = [entry.describe() for entry in task.entries]
         described = ", ".join(f"job {e.job_id} segment {e.index}" for e in task.entries)
         self._patiently(lambda: self.queue.enqueue(
-            "serve.distributed.worker.transcribe_task", segments, asdict(task.options), job_id=task.rq_id,
+            "serve.distributed.worker.transcribe_task", segments, task.options.to_dict(), job_id=task.rq_id,
             job_timeout=TASK_TIMEOUT, ttl=QUEUED_TTL, result_ttl=300, failure_ttl=3600, at_front=front,
             description=described[:500]))
         self._tasks[task.rq_id] = task

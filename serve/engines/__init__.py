@@ -23,7 +23,9 @@ import numpy as np
 
 from ..checkpoint import checkpoint_config
 from ..generation import GenerationOptions, SegmentResult
-from ..languages import QWEN2_5_OMNI_LANGUAGES, QWEN3_ASR_LANGUAGES
+from ..languages import ALL_LANGUAGES, LANGUAGES, QWEN2_5_OMNI_LANGUAGES, QWEN3_ASR_LANGUAGES
+
+Problem = tuple[str | None, str]  # (the form field at fault, if one; what to tell the client)
 
 
 class EngineLoadError(Exception):
@@ -46,6 +48,45 @@ class Capabilities:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "languages": sorted(self.languages)}
+
+    # What a request asks that the engine cannot do, as (form field, message): the server checks before the
+    # model loads, the engine again (for a checkpoint whose family the server could not know yet).
+
+    def language_problem(self, language: str, field: str = "language") -> Problem | None:
+        if language == "auto" or language in self.languages:
+            return None
+        name = ALL_LANGUAGES.get(language, repr(language))
+        return field, f"this server's model, {self.family}, does not take {name} ({language}): name another " \
+                      "language, or auto"
+
+    def translation_problem(self, target_language: str | None, field: str | None = "task") -> Problem | None:
+        if target_language is None:
+            return None
+        if not self.translates:
+            return field, f"this server's model, {self.family}, transcribes only and cannot translate: serve " \
+                          "Qwen2.5-Omni for translation"
+        if target_language not in LANGUAGES:  # the translation instruction names the language
+            return "target_language", f"{self.family} does not translate into {target_language!r}"
+        return self.language_problem(target_language, "target_language")
+
+    def segment_problem(self, seconds: float) -> Problem | None:
+        if seconds <= self.max_segment_seconds:
+            return None
+        return "segment_duration", f"segment_duration must be at most {self.max_segment_seconds:g} s with " \
+                                   f"{self.family} (got {seconds:g})"
+
+    def segment_flag_problem(self, seconds: float) -> str | None:
+        """What is wrong with a server's --segment-duration for this engine."""
+        if seconds <= self.max_segment_seconds:
+            return None
+        return f"--segment-duration {seconds:g}: {self.family} takes segments of at most {self.max_segment_seconds:g} s"
+
+    def request_problem(self, options: GenerationOptions, longest_seconds: float = 0.0) -> Problem | None:
+        """The first thing of a batch's options (and its longest segment) the engine cannot do, if any."""
+        # A second of slack: the cutter's segments end at most segment_duration in, give or take a sample.
+        too_long = longest_seconds > self.max_segment_seconds + 1.0
+        return (self.translation_problem(options.target_language) or self.language_problem(options.language)
+                or (self.segment_problem(longest_seconds) if too_long else None))
 
 
 class SpeechEngine(Protocol):
@@ -118,6 +159,19 @@ QWEN3_ASR = EngineSpec(
 ENGINES = (QWEN2_5_OMNI, QWEN3_ASR)
 DEFAULT_ENGINE = QWEN2_5_OMNI  # the guide's model
 
+# The published checkpoints by hub id: their engine is known before they are downloaded.
+PUBLISHED = {"Qwen/Qwen2.5-Omni-7B-AWQ": QWEN2_5_OMNI, "Qwen/Qwen2.5-Omni-7B": QWEN2_5_OMNI,
+             "Qwen/Qwen2.5-Omni-3B": QWEN2_5_OMNI, "Qwen/Qwen3-ASR-1.7B-hf": QWEN3_ASR,
+             "Qwen/Qwen3-ASR-0.6B-hf": QWEN3_ASR}
+
+# What a server whose checkpoint says nothing yet (not downloaded, not a published id) may be asked: what
+# any engine can do. The engine refuses the rest once it is loaded (Capabilities.request_problem).
+UNDECLARED = Capabilities(
+    family="the model (not downloaded yet)", languages=frozenset().union(*(e.capabilities.languages for e in ENGINES)),
+    translates=True, names_language=False, max_segment_seconds=max(e.capabilities.max_segment_seconds for e in ENGINES),
+    temperature=DEFAULT_ENGINE.capabilities.temperature,
+    repetition_penalty=DEFAULT_ENGINE.capabilities.repetition_penalty, compiled_decode=True, low_vram=True)
+
 
 def _read_config(config_path: Path) -> dict[str, Any]:
     try:
@@ -149,11 +203,11 @@ def spec_for_checkpoint(checkpoint: Path) -> EngineSpec:
 
 def declared_spec(checkpoint: str, models_dir: Path, app_dir: Path) -> EngineSpec | None:
     """The engine for ``checkpoint`` as its config declares it, read where the loader will find it (a local
-    folder, else the hub cache); None while it is nowhere to read (not downloaded yet) or names no engine.
-    Never downloads."""
+    folder, else the hub cache), or as its hub id is published; None while neither says (not downloaded
+    yet) or its config names no engine. Never downloads."""
     config_path = checkpoint_config(checkpoint, models_dir, app_dir)
     if config_path is None:
-        return None
+        return PUBLISHED.get(checkpoint.strip().rstrip("/"))
     try:
         return spec_for_config(_read_config(config_path))
     except EngineLoadError:

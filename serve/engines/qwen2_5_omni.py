@@ -31,7 +31,7 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 
 from ..audio import SAMPLE_RATE
 from ..generation import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, GenerationOptions, SegmentResult, system_prompt_for
-from . import EngineLoadError, awq, compiled_decode
+from . import QWEN2_5_OMNI, EngineLoadError, awq, compiled_decode
 from . import low_vram as low_vram_mode
 from .compiled_decode import CompiledDecoder, DecodePlan, batch_buckets
 from .runtime import (
@@ -41,6 +41,7 @@ from .runtime import (
     pick_attention,
     pick_device,
     pick_dtype,
+    refuse_what_it_cannot_do,
     weights_bytes,
 )
 from .token_scores import TokenScores, row_scores
@@ -301,6 +302,7 @@ class QwenOmniEngine:
         """Several segments generated together (each stops at its own end token): the raw text of each,
         with its token ids and their scores (:mod:`serve.engines.token_scores`)."""
         clips = [np.asarray(samples, dtype=np.float32) for samples in batch]
+        refuse_what_it_cannot_do(QWEN2_5_OMNI.capabilities, clips, options)
         with torch.inference_mode():  # inference tensors throughout: a compiled step guards on that too
             inputs = self._inputs(clips, options.instruction, system_prompt_for(options))
         prompt_tokens = inputs["input_ids"].shape[1]

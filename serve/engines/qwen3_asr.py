@@ -22,9 +22,8 @@ import torch
 from transformers import AutoProcessor, LogitsProcessorList, Qwen3ASRForConditionalGeneration
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
-from ..errors import InvalidParameter
 from ..generation import GenerationOptions, SegmentResult
-from . import EngineLoadError
+from . import QWEN3_ASR, EngineLoadError
 from .runtime import (
     batch_size_for,
     generation_config,
@@ -32,6 +31,7 @@ from .runtime import (
     pick_attention,
     pick_device,
     pick_dtype,
+    refuse_what_it_cannot_do,
     weights_bytes,
 )
 from .token_scores import TokenScores, row_scores
@@ -68,14 +68,12 @@ class Qwen3AsrEngine:
     @classmethod
     def load(cls, checkpoint: Path, *, device: str = "auto", flash_attn2: bool = False, low_vram: bool = False,
              awq_dequant_rows: int = -1) -> Qwen3AsrEngine:
-        """Load a Qwen3-ASR checkpoint in the published ``-hf`` layout (the Omni engine's flags that do not
-        apply, low-VRAM mode and AWQ, are refused or ignored with a warning)."""
+        """Load a Qwen3-ASR checkpoint in the published ``-hf`` layout (``low_vram`` and ``awq_dequant_rows``,
+        the Omni engine's, do not apply: its capabilities say so, and the loader warns)."""
         started = time.monotonic()
         checkpoint = Path(checkpoint)
         torch_device = pick_device(device)
         dtype = pick_dtype(torch_device)
-        if low_vram:
-            log.warning("--low-vram applies to Qwen2.5-Omni only: Qwen3-ASR is loaded whole (about 4 GB for 1.7B)")
         try:
             model, info = Qwen3ASRForConditionalGeneration.from_pretrained(
                 checkpoint, dtype=dtype, device_map={"": torch_device}, local_files_only=True,
@@ -108,13 +106,8 @@ class Qwen3AsrEngine:
         """Several segments generated together: the transcript of each, the language the model named (when
         the request named none), the generated ids and their scores."""
         clips = [np.asarray(samples, dtype=np.float32) for samples in batch]
-        if options.target_language is not None:
-            raise InvalidParameter("this server's model, Qwen3-ASR, transcribes only and cannot translate: serve "
-                                   "Qwen2.5-Omni for translation", param="task")
+        refuse_what_it_cannot_do(QWEN3_ASR.capabilities, clips, options)
         forced = None if options.language == "auto" else options.language
-        if forced is not None and forced not in LANGUAGE_CODE_TO_NAME:
-            raise InvalidParameter(f"this server's model, Qwen3-ASR, does not transcribe {forced!r}: name another "
-                                   "language, or auto", param="language")
         inputs = self.processor.apply_transcription_request(
             audio=clips, language=[forced] * len(clips), prompt=[options.prompt or None] * len(clips),
             padding=True, return_tensors="pt")
@@ -156,8 +149,7 @@ class Qwen3AsrEngine:
 
     def compile_decode(self, batch_size: int, segment_seconds: float, max_new_tokens: int, *,
                        cache_dir: Path | None = None) -> float:
-        log.warning("--compiled-decode applies to Qwen2.5-Omni only: Qwen3-ASR generates on the default path")
-        return 0.0
+        return 0.0  # none: it generates on the default path (its capabilities say so)
 
     def close(self) -> None:
         with self._lock:

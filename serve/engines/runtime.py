@@ -8,11 +8,14 @@ import importlib.util
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import GenerationConfig
 
+from ..audio import SAMPLE_RATE
+from ..errors import InvalidParameter
 from ..generation import EngineOutOfMemory, GenerationOptions
-from . import EngineLoadError
+from . import Capabilities, EngineLoadError
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +96,12 @@ def weights_bytes(model: Any) -> int:
     if model is None:
         return 0
     return sum(t.numel() * t.element_size() for tensors in (model.parameters(), model.buffers()) for t in tensors)
+
+
+def refuse_what_it_cannot_do(capabilities: Capabilities, clips: list[np.ndarray], options: GenerationOptions) -> None:
+    """A client error (400) for what the server could not check before the model loaded: a language, a
+    translation or a segment length this engine does not take."""
+    longest = max((len(clip) for clip in clips), default=0) / SAMPLE_RATE
+    problem = capabilities.request_problem(options, longest)
+    if problem is not None:
+        raise InvalidParameter(problem[1], param=problem[0])

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify
 
 from ..distributed.cluster import summary
 from ..model_manager import gpu_memory_bytes
-from ..params import capabilities
+from ..params import effective_engine
 from ..services import services
 from .common import now_iso
 
@@ -67,9 +67,10 @@ def health():  # type: ignore[no-untyped-def]
         "running_job": s.jobs.running_job, "running_jobs": s.jobs.running_jobs, "role": s.settings.role,
         "store": "ok" if store_problem is None else f"cannot be written: {store_problem}",
         "shutting_down": s.jobs.stopping,
+        # The engine the checkpoint's config (or published id) names, and what it can be asked: languages,
+        # translation, segments, the decoding defaults in force (null until the checkpoint says)
+        "engine": effective_engine(s.settings),
         # Word times: the forced aligner beside the model (in the scale-out API role, each worker holds its own)
-        # The engine the checkpoint's config names, and what it can be asked (languages, translation, segments)
-        "engine": capabilities(s.settings).to_dict(),
         "aligner": s.aligner.state() if s.aligner is not None else {"configured": bool(s.settings.aligner_path)},
     }
     if redis_state is not None:

@@ -110,6 +110,9 @@ def _options(*, translation: bool = False) -> tuple[str, bool, bool]:
             raise InvalidParameter(f"timestamp_granularities[] must be segment or word (got {granularity[:40]!r})",
                                    param="timestamp_granularities[]")
     words = "word" in granularities
+    if words and translation:  # the aligner times the spoken words, not their translation
+        raise InvalidParameter("word timestamps are not available for translations",
+                               param="timestamp_granularities[]")
     if words and response_format not in ("verbose_json", "srt", "vtt"):
         raise InvalidParameter("word timestamps need response_format verbose_json (or srt/vtt)",
                                param="timestamp_granularities[]")
@@ -152,6 +155,9 @@ def create_transcription():  # type: ignore[no-untyped-def]
         503: OpenAIUnavailable
     """
     response_format, stream, words = _options()
+    if (request.form.get("task") or "transcribe").strip().lower() != "transcribe":
+        raise InvalidParameter("this endpoint transcribes: translations are POST /v1/audio/translations",
+                               param="task")
     params = parse_params(request.form, services().settings, align_by_default=response_format in ("srt", "vtt"),
                           words_asked=True if words else None)
     if stream:
@@ -192,10 +198,7 @@ def create_translation():  # type: ignore[no-untyped-def]
         500: OpenAIServerError
         503: OpenAIUnavailable
     """
-    response_format, _stream_asked, words = _options(translation=True)
-    if words:
-        raise InvalidParameter("word timestamps are not available for translations",
-                               param="timestamp_granularities[]")
+    response_format, _stream_asked, _words = _options(translation=True)
     # OpenAI's translations are into English; the form names no language (a `language` given is the spoken one).
     form = {key: value for key, value in request.form.items() if key not in ("task", "target_language")}
     params = parse_params(form, services().settings, task="translate")

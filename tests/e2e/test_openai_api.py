@@ -111,6 +111,7 @@ def test_streaming_sends_each_segment_as_it_finishes(client: openai.OpenAI, audi
     ({"language": "klingon"}, "language"),
     ({"temperature": 5}, "temperature"),
     ({"stream": True, "response_format": "srt"}, "stream"),
+    ({"extra_body": {"task": "translate"}}, "task"),  # translations have their own endpoint
 ])
 def test_errors_use_openais_shape(client: openai.OpenAI, audio_dir: Path, kwargs: dict, param: str) -> None:
     with open(audio_dir / "speech.wav", "rb") as f, pytest.raises(openai.BadRequestError) as exc:

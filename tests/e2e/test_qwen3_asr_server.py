@@ -86,6 +86,6 @@ def test_translation_is_refused_and_its_own_languages_and_segments_are_taken(ser
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     with open(audio_dir / "tone.wav", "rb") as f, pytest.raises(openai.BadRequestError) as exc:
         client.audio.translations.create(model="whisper-1", file=f)
-    assert exc.value.body["param"] == "task" and "cannot translate" in exc.value.body["message"]
+    assert exc.value.body["param"] is None and "cannot translate" in exc.value.body["message"]  # no task field here
     danish = post(server, "/transcribe/json", audio_dir / "tone.wav", language="da", segment_duration="600").json()
     assert danish["language"] == "da" and len(danish["segments"]) == 1  # one segment past Omni's 290 s bound

@@ -80,3 +80,43 @@ def test_the_http_layer_and_the_api_role_do_not_import_torch(module: str) -> Non
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_a_published_id_declares_its_engine_before_it_is_downloaded(tmp_path: Path) -> None:
+    assert declared_spec("Qwen/Qwen3-ASR-1.7B-hf", tmp_path / "Qwen", tmp_path) is QWEN3_ASR
+    assert declared_spec("Qwen/Qwen2.5-Omni-7B-AWQ", tmp_path / "Qwen", tmp_path) is QWEN2_5_OMNI
+    assert declared_spec("someone/fine-tuned-asr", tmp_path / "Qwen", tmp_path) is None
+
+
+def test_an_undeclared_checkpoint_is_asked_what_any_engine_can_do_and_its_engine_refuses_the_rest(
+        tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from serve.config import Settings
+    from serve.engines.qwen2_5_omni import QwenOmniEngine
+    from serve.errors import InvalidParameter, failure_of
+    from serve.generation import GenerationOptions
+    from serve.params import effective_engine, parse_params
+
+    settings = Settings(checkpoint_path="someone/fine-tuned-asr", models_dir=tmp_path)
+    assert effective_engine(settings) is None  # /health's engine: null until the checkpoint says
+    accepted = parse_params({"language": "da", "segment_duration": "600"}, settings)
+    assert (accepted.language, accepted.segment_duration) == ("da", 600)
+    engine = QwenOmniEngine.load(tiny_checkpoint, device="cpu")
+    try:
+        for options, seconds, param in ((GenerationOptions(max_new_tokens=2, language="da"), 1, "language"),
+                                        (GenerationOptions(max_new_tokens=2, target_language="fil"), 1,
+                                         "target_language"),
+                                        (GenerationOptions(max_new_tokens=2), 300, "segment_duration")):
+            with pytest.raises(InvalidParameter) as refused:
+                engine.generate_batch([np.zeros(16000 * seconds, dtype=np.float32)], options)
+            assert refused.value.param == param and failure_of(refused.value).http_status == 400
+    finally:
+        engine.close()
+
+
+def test_the_server_refuses_a_segment_length_its_engine_cannot_take_at_start(capsys: pytest.CaptureFixture) -> None:
+    from serve.qwen2_5_omni_awq import main
+
+    assert main(["--segment-duration", "600"]) == 2  # the default, published Qwen2.5-Omni-7B-AWQ: 290 s
+    assert "Qwen2.5-Omni takes segments of at most 290 s" in capsys.readouterr().err
