@@ -125,14 +125,22 @@ class BatchRunner:
 
     def _generate(self, batch: list[SegmentRequest]) -> list[SegmentResult | BaseException]:
         results: list[SegmentResult] | None = None
+        failed: Exception | None = None
         try:
             results = self.engine.generate_batch([r.samples for r in batch], batch[0].options)  # type: ignore[misc]
         except EngineOutOfMemory:
             pass  # retried below, outside this block: the exception's traceback holds the failed attempt's tensors
         except Exception as exc:  # the callers' jobs fail; the runner goes on
-            return [exc] * len(batch)
+            failed = exc
         if results is not None:
             return list(results)
+        if failed is not None:
+            if len(batch) == 1:
+                return [failed]
+            # Jobs share batches: a segment the engine refuses (too long for it) must fail only its own job.
+            log.warning("a batch of %d failed (%s): running its segments one by one", len(batch), failed)
+            del failed
+            return [self._generate([request])[0] for request in batch]
         if len(batch) == 1:
             return [self._generate_in_halves(batch[0])]
         log.warning("out of memory on a batch of %d: running its segments one by one", len(batch))

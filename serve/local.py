@@ -77,7 +77,9 @@ def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: Aligner
         low_vram = settings.low_vram and can.low_vram
         engine = spec.engine_class().load(checkpoint, device=settings.device, flash_attn2=settings.flash_attn2,
                                           low_vram=low_vram, awq_dequant_rows=settings.awq_dequant_rows)
-        compiled = settings.compiled_decode and can.compiled_decode and not low_vram  # eager in low-VRAM mode
+        compiled = settings.compiled_decode and can.compiled_decode and not low_vram
+        if settings.compiled_decode and can.compiled_decode and low_vram:
+            log.warning("--compiled-decode does not apply in low-VRAM mode: generating on the default (eager) path")
         # The aligner loads later, on first use: the batch size leaves room for its weights.
         batch_size = settings.batch_size or engine.suggest_batch_size(
             settings.segment_duration, settings.max_new_tokens, compiled=compiled, reserve_bytes=aligner.prepare())
@@ -90,7 +92,7 @@ def engine_loader(settings: Settings, scheduler: FairScheduler, aligner: Aligner
             except Exception:  # a compiler that fails here (a missing toolchain, memory) must not cost the model
                 log.exception("compiled decode failed at load: generating on the default (eager) path")
 
-        prepare = compile_decode if settings.compiled_decode and can.compiled_decode else None
+        prepare = compile_decode if compiled else None
         return BatchRunner(engine, batch_size, scheduler, prepare=prepare, aligner=aligner)
 
     return load

@@ -198,7 +198,7 @@ class TranscribeForm(BaseModel):
     task: Literal[TASKS] = Field(None, description="translate: into target_language, where the model can (Qwen2.5-"  # type: ignore[valid-type, assignment]
                                  "Omni; Qwen3-ASR answers 400); no word timestamps")
     target_language: Literal["auto", *LANGUAGES] = Field(None, description="with task=translate; default (and "  # type: ignore[valid-type, assignment]
-                                                         "auto) en")  # type: ignore[valid-type, assignment]
+                                                         "auto) en")
 
 
 class OpenAITranscribeForm(BaseModel):

@@ -18,7 +18,7 @@ from .config import (
 )
 from .engines import UNDECLARED, Capabilities, Problem, declared_spec
 from .errors import InvalidParameter
-from .languages import ALL_LANGUAGES
+from .languages import ALL_LANGUAGES, LANGUAGES
 from .transcriber import TranscriptionParams
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -104,8 +104,8 @@ def parse_language(form: Mapping[str, str], defaults: Settings | None = None, na
         return "auto"
     language = raw.lower()
     if language != "auto" and language not in ALL_LANGUAGES:
-        raise InvalidParameter(f"{name} must be one of auto, {', '.join(sorted(served.languages))} "
-                               f"(got {raw[:40]!r})", param=name)
+        named = sorted(served.languages if name == "language" else LANGUAGES)  # translations: Omni's instruction's
+        raise InvalidParameter(f"{name} must be one of auto, {', '.join(named)} (got {raw[:40]!r})", param=name)
     _refuse(served.language_problem(language, name))
     return language
 

@@ -171,6 +171,21 @@ def test_a_failing_batch_fails_its_callers_and_the_runner_goes_on() -> None:
     second.close()
 
 
+def test_a_segment_that_fails_a_shared_batch_fails_only_its_own_job() -> None:
+    engine = RecordingEngine()
+    runner, scheduler, _ = runner_with(engine, batch_size=3)
+    first = submit(scheduler, scheduler.open_flow("warm-up"), 1)  # runs alone while the others arrive
+    time.sleep(0.01)
+    bad = submit(scheduler, scheduler.open_flow("job A"), 13)
+    good = [submit(scheduler, scheduler.open_flow(f"job {name}"), size) for name, size in (("B", 5), ("C", 6))]
+    assert text(first) == ["1:0.0"]
+    assert [text(future) for future in good] == [["5:0.0"], ["6:0.0"]]
+    with pytest.raises(ValueError):
+        bad.result(5)
+    assert engine.batches[1:] == [[13, 5, 6], [13], [5], [6]]  # the shared batch failed, then one by one
+    runner.close()
+
+
 def test_a_long_file_is_transcribed_in_batches_with_the_same_result(make_app, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
     fields = {"segment_duration": "1", "temperature": "0", "max_new_tokens": "8"}
     sequential = make_app(batch_size=1)

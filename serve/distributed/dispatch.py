@@ -318,6 +318,11 @@ class RemoteDestination:
             return
         failure = rq_task.meta.get(FAILURE_META)
         log.warning("task %s failed (%s)", task.rq_id, reason)
+        if failure and 400 <= failure.get("http_status", 500) < 500 and len(task.entries) == 1:
+            # The engine refused the request (a language or segment its model lacks): no worker does better.
+            _resolve(task.entries[0], JobFailed(JobFailure(**failure)))
+            self._tasks.pop(task.rq_id, None)
+            return
 
         def give_up(entry: _Entry) -> Exception:
             if failure:  # the worker's own account, with the code and status the single process would give

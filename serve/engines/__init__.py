@@ -167,7 +167,8 @@ PUBLISHED = {"Qwen/Qwen2.5-Omni-7B-AWQ": QWEN2_5_OMNI, "Qwen/Qwen2.5-Omni-7B": Q
 # What a server whose checkpoint says nothing yet (not downloaded, not a published id) may be asked: what
 # any engine can do. The engine refuses the rest once it is loaded (Capabilities.request_problem).
 UNDECLARED = Capabilities(
-    family="the model (not downloaded yet)", languages=frozenset().union(*(e.capabilities.languages for e in ENGINES)),
+    family="the model (its family not known yet)",
+    languages=frozenset().union(*(e.capabilities.languages for e in ENGINES)),
     translates=True, names_language=False, max_segment_seconds=max(e.capabilities.max_segment_seconds for e in ENGINES),
     temperature=DEFAULT_ENGINE.capabilities.temperature,
     repetition_penalty=DEFAULT_ENGINE.capabilities.repetition_penalty, compiled_decode=True, low_vram=True)

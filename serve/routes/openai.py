@@ -155,9 +155,12 @@ def create_transcription():  # type: ignore[no-untyped-def]
         503: OpenAIUnavailable
     """
     response_format, stream, words = _options()
-    if (request.form.get("task") or "transcribe").strip().lower() != "transcribe":
+    task = (request.form.get("task") or "").strip().lower()
+    if task == "translate" or request.form.get("target_language", "").strip():
         raise InvalidParameter("this endpoint transcribes: translations are POST /v1/audio/translations",
-                               param="task")
+                               param="task" if task else "target_language")
+    if task not in ("", "transcribe"):
+        raise InvalidParameter(f"task must be transcribe here (got {task[:40]!r})", param="task")
     params = parse_params(request.form, services().settings, align_by_default=response_format in ("srt", "vtt"),
                           words_asked=True if words else None)
     if stream:

@@ -151,6 +151,33 @@ def test_a_failed_task_of_several_jobs_is_retried_segment_by_segment_and_fails_o
     innocent.close()
 
 
+def test_a_segment_the_engine_refuses_fails_its_job_at_once_without_costing_the_others(
+        client: redis.Redis, tmp_path: Path) -> None:
+    destination, queue = dispatcher(client, tmp_path, "w0", per_task=3)
+    refused_job, other_job = new_job_id(), new_job_id()
+    refused = destination.open_lane(refused_job, waiting_client=False)
+    other = destination.open_lane(other_job, waiting_client=False)
+    bad, good = refused.submit(segment(0), GREEDY), other.submit(segment(0), GREEDY)
+    destination.run_round()
+    client_error = FailedTaskDouble("Traceback ...\nInvalidParameter: segment_duration must be at most 290 s",
+                                    {"message": "segment_duration must be at most 290 s with Qwen2.5-Omni (got 600)",
+                                     "code": "invalid_parameter", "http_status": 400})
+    queue.empty()
+    destination._failed(next(iter(destination._tasks.values())), client_error)
+    assert sorted(queued(queue)) == sorted([[(refused_job, 0)], [(other_job, 0)]])  # shared: each alone first
+    task = next(t for t in destination._tasks.values() if t.entries[0].job_id == refused_job)
+    destination._failed(task, client_error)  # alone, refused again: no worker does better, no more tries
+    with pytest.raises(Exception, match="at most 290 s") as failure:
+        bad.result(0)
+    assert failure.value.status == 400 and failure.value.code == "invalid_parameter"
+    assert [t.entries[0].job_id for t in destination._tasks.values()] == [other_job]
+    client.hset(pieces_key(other_job), "0", json.dumps({"parts": ["fine"], "worker": "w0"}))
+    destination.run_round(check=False)
+    assert good.result(1).parts == ("fine",)
+    refused.close()
+    other.close()
+
+
 def test_a_lost_task_is_sent_again_and_a_finished_one_without_texts_too(client: redis.Redis, tmp_path: Path) -> None:
     destination, queue = dispatcher(client, tmp_path, "w0")
     job = new_job_id()
