@@ -91,9 +91,12 @@ def test_pick_a_file_watch_it_grow_and_download_every_format(page, server: Serve
     # Another tab reopens the running job from its list: the same progress bar and text so far.
     other = open_page(page.context, server)
     other.click("#jobs li:first-child button")
-    other.wait_for_selector("#job[data-phase=running]")
+    other.wait_for_selector("#job[data-phase=running], #job[data-phase=done]")
+    reopened_while = other.get_attribute("#job", "data-phase")
     other.wait_for_function("document.getElementById('transcript').textContent.length > 0")
-    assert 0 < float(other.get_attribute("#bar", "value")) < 25 and other.get_attribute("#bar", "max") == "25"
+    assert other.get_attribute("#bar", "max") == "25" and 0 < float(other.get_attribute("#bar", "value")) <= 25
+    if reopened_while == "done":  # a busy machine may finish the 25 segments first: then it is shown whole
+        other.wait_for_selector("#downloads:not([hidden])")
     other.close()
     page.wait_for_function("document.getElementById('state').textContent.startsWith('done')", timeout=120000)
     assert page.get_attribute("#bar", "value") == page.get_attribute("#bar", "max") == "25"
